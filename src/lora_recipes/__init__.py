@@ -1,0 +1,3 @@
+"""lora-recipes: declarative QLoRA fine-tuning, one YAML recipe per task."""
+
+__version__ = "0.1.0"

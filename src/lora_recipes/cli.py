@@ -1,0 +1,197 @@
+"""The `lora-recipes` command line.
+
+Heavy libraries (torch, transformers, peft, bitsandbytes, accelerate, datasets) are imported inside
+the commands that need them, never at module level: `validate` and `plan --no-data` must start in
+a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from . import __version__
+from .errors import LoraRecipesError, RecipeInvalid
+
+app = typer.Typer(
+    name="lora-recipes",
+    help="Declarative QLoRA fine-tuning: one YAML recipe per task.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY.PATH=VALUE",
+        help="Override one recipe value, parsed as YAML (repeatable): --set trainer.learning_rate=1e-4",
+    ),
+]
+DataOption = Annotated[
+    str | None,
+    typer.Option("--data", metavar="PATH", help="Use this local file or folder as the data source."),
+]
+FormatOption = Annotated[Format, typer.Option("--format", help="text for people, json for machines.")]
+
+
+def fail(exc: LoraRecipesError) -> typer.Exit:
+    """Print a user-facing error (no traceback) and return the exit to raise."""
+    if isinstance(exc, RecipeInvalid):
+        for issue in exc.issues:
+            typer.echo(str(issue), err=True)
+        n = len(exc.issues)
+        typer.echo(f"{n} error{'s' if n != 1 else ''}", err=True)
+    else:
+        typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(exc.exit_code)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"lora-recipes {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Declarative QLoRA fine-tuning: one YAML recipe per task.
+
+    Start with `lora-recipes validate recipes/*.yaml`, then `lora-recipes plan RECIPE`.
+    """
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Recipe files to check.", show_default=False)],
+    format: FormatOption = Format.text,
+) -> None:
+    """Check recipes against the schema and report every mistake with its line.
+
+    Exit code 0 when all are valid, 2 when any is not.
+
+    Example: lora-recipes validate recipes/*.yaml
+    """
+    from .recipe import load_recipe
+
+    results: list[dict[str, Any]] = []
+    for file in files:
+        try:
+            load_recipe(file)
+            results.append({"file": str(file), "valid": True, "errors": []})
+        except RecipeInvalid as exc:
+            results.append(
+                {
+                    "file": str(file),
+                    "valid": False,
+                    "errors": [i.to_json() for i in exc.issues],
+                    "lines": [str(i) for i in exc.issues],
+                }
+            )
+        except LoraRecipesError as exc:
+            results.append(
+                {
+                    "file": str(file),
+                    "valid": False,
+                    "errors": [
+                        {
+                            "file": str(file),
+                            "line": None,
+                            "col": None,
+                            "path": "",
+                            "message": str(exc).removeprefix(f"{file}: "),
+                            "hint": None,
+                        }
+                    ],
+                    "lines": [str(exc)],
+                }
+            )
+    invalid = [r for r in results if not r["valid"]]
+    errors = sum(len(r["errors"]) for r in invalid)
+    if format is Format.json:
+        for r in results:
+            r.pop("lines", None)
+        typer.echo(
+            json.dumps(
+                {"files": results, "valid": len(results) - len(invalid), "invalid": len(invalid), "errors": errors},
+                indent=2,
+            )
+        )
+    else:
+        for r in invalid:
+            for line in r["lines"]:
+                typer.echo(line)
+        noun = "recipe" if len(results) == 1 else "recipes"
+        if invalid:
+            typer.echo(f"{len(invalid)} of {len(results)} {noun} invalid ({errors} error{'s' if errors != 1 else ''})")
+        else:
+            typer.echo(f"{len(results)} {noun} valid")
+    if invalid:
+        raise typer.Exit(2)
+
+
+@app.command()
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="The recipe file.", show_default=False)],
+    set_: SetOption = None,
+    data: DataOption = None,
+    no_data: Annotated[
+        bool, typer.Option("--no-data", help="Do not read data or tokenizer; plan from the recipe alone.")
+    ] = False,
+    format: FormatOption = Format.text,
+) -> None:
+    """Compile a recipe into a training plan: resolved values, steps, time, memory and cost.
+
+    Example: lora-recipes plan recipes/jigsaw.yaml --no-data --set trainer.epochs=1
+    """
+    import yaml
+
+    from .plan import build_plan, render_plan_text
+    from .recipe import load_recipe
+
+    try:
+        loaded = load_recipe(recipe, set_ or (), data)
+        result = build_plan(loaded)
+    except LoraRecipesError as exc:
+        raise fail(exc) from None
+    if format is Format.json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        typer.echo(
+            render_plan_text(result, yaml.safe_dump(loaded.resolved, sort_keys=False, allow_unicode=True)), nl=False
+        )
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe JSON Schema (for editors and yaml-language-server).
+
+    Example: lora-recipes schema > recipe.schema.json
+    """
+    from .schema import schema_text
+
+    sys.stdout.write(schema_text())
+
+
+def run() -> None:
+    app()

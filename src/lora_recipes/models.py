@@ -1,0 +1,289 @@
+"""Build tokenizers and models: the one module that imports transformers, peft and bitsandbytes.
+
+Builders take flat arguments, not the recipe, so tests, benchmarks and the evaluator can call them
+directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import RuntimeFailure, UserError
+from .model_source import ModelSource
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    """Where converted models and tokenized data are cached: $LORA_RECIPES_CACHE, else
+    ~/.cache/lora-recipes."""
+    env = os.environ.get("LORA_RECIPES_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lora-recipes"
+
+
+def resolve_device(setting: str) -> str:
+    """auto -> cuda when available, else cpu. Asking for cuda without one is the user's mistake."""
+    if setting == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if setting == "cuda":
+        raise UserError("trainer.device is cuda but no CUDA GPU is visible (set trainer.device: auto or cpu)")
+    return "cpu"
+
+
+def resolve_dtype(setting: str, device: str) -> torch.dtype:
+    """auto -> bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU."""
+    if setting != "auto":
+        return DTYPES[setting]
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _hub_error(what: str, location: str, exc: Exception) -> UserError:
+    return UserError(
+        f"cannot load the {what} of {location!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+        "If the Hugging Face hub is unreachable, point base_model at a local folder (or a package: file), "
+        "or set HF_HUB_OFFLINE=1 to use models already in the local hub cache"
+    )
+
+
+def materialize(source: ModelSource, *, revision: str | None = None) -> str:
+    """A path or hub id that `from_pretrained` loads without a `gguf_file`.
+
+    GGUF weights are de-quantized and saved once as a safetensors folder under the cache (the
+    first load takes 20-30 s; later ones about a second). The cache key covers the file's path,
+    size and modification time, so a changed file is converted again.
+    """
+    if not source.gguf_file:
+        return source.location
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if source.kind == "local":
+        gguf = Path(source.location) / source.gguf_file
+        if not gguf.is_file():
+            raise UserError(f"base_model: {gguf} does not exist")
+        stat = gguf.stat()
+        key_text = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    else:
+        key_text = f"hub:{source.location}:{source.gguf_file}:{revision}"
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    target = cache_root() / "models" / f"{Path(source.gguf_file).stem}-{key}"
+    if (target / "config.json").is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file, revision=revision)
+            model = AutoModelForCausalLM.from_pretrained(
+                source.location, gguf_file=source.gguf_file, revision=revision, dtype=torch.bfloat16
+            )
+        except OSError as exc:
+            raise _hub_error("GGUF model", source.describe(), exc) from None
+        # The weights are plain tensors once de-quantized; drop the GGUF marker so they can be saved.
+        model.hf_quantizer = None  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        del model
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def load_tokenizer(source: ModelSource, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The base model's tokenizer, with a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    location = materialize(source, revision=revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, revision=None if source.gguf_file else revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise _hub_error("tokenizer", source.describe(), exc) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"the tokenizer of {source.describe()} has no EOS token, which training needs")
+    return tokenizer
+
+
+def disable_cpu_inference_repack(model: torch.nn.Module) -> int:
+    """Keep bitsandbytes' 4-bit layers trainable on CPUs with AVX512-BF16.
+
+    bitsandbytes >= 0.49 repacks a `Linear4bit` weight into an inference-only layout on its first
+    forward pass in eval mode without gradients; from then on no gradient flows through that layer
+    (training silently stops after the first validation). Turning the fast path off avoids the
+    repack. Returns how many layers were changed.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
+def quantization_config(
+    *, bits: int | None, quant_type: str, double_quant: bool, compute_dtype: str, int8_threshold: float
+) -> Any:
+    if bits is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant_type,
+            bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=DTYPES[compute_dtype],
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=int8_threshold)
+
+
+def load_base_model(
+    source: ModelSource,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: str = "auto",
+    bits: int | None = None,
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    compute_dtype: str = "bfloat16",
+    int8_threshold: float = 6.0,
+    device: str = "cpu",
+) -> Any:
+    """Load the frozen base model, quantized when `bits` is 4 or 8, on `device` (cpu, cuda or
+    cuda:N)."""
+    from transformers import AutoModelForCausalLM
+
+    location = materialize(source, revision=revision)
+    device_type = device.split(":")[0]
+    if bits is not None and device_type == "cpu":
+        _check_bitsandbytes_cpu(bits)
+    qconfig = quantization_config(
+        bits=bits,
+        quant_type=quant_type,
+        double_quant=double_quant,
+        compute_dtype=compute_dtype,
+        int8_threshold=int8_threshold,
+    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location,
+            revision=None if source.gguf_file else revision,
+            trust_remote_code=trust_remote_code,
+            dtype=resolve_dtype(dtype, device_type),
+            quantization_config=qconfig,
+            device_map={"": device},
+        )
+    except OSError as exc:
+        raise _hub_error("weights", source.describe(), exc) from None
+    except torch.OutOfMemoryError as exc:
+        raise RuntimeFailure(
+            f"out of memory loading {source.describe()}: use quantization.bits: 4, or a larger GPU"
+        ) from exc
+    disable_cpu_inference_repack(model)
+    return model
+
+
+def _check_bitsandbytes_cpu(bits: int) -> None:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"quantization.bits: {bits} needs bitsandbytes (pip install 'bitsandbytes>=0.45')") from exc
+
+
+def prepare_for_training(model: Any, *, quantized: bool, gradient_checkpointing: bool) -> Any:
+    """k-bit preparation (fp32 norms, input gradients) and optional gradient checkpointing."""
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if gradient_checkpointing:
+        model.config.use_cache = False
+    return model
+
+
+def attach_lora(model: Any, *, r: int, alpha: float, dropout: float, target_modules: tuple[str, ...], bias: str) -> Any:
+    """Wrap `model` with fresh LoRA adapters (peft); only they require gradients afterwards."""
+    from peft import LoraConfig, get_peft_model
+
+    targets: str | list[str] = "all-linear" if "all-linear" in target_modules else list(target_modules)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft accepts any number
+        lora_dropout=dropout,
+        target_modules=targets,
+        bias=bias,  # type: ignore[arg-type]
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UserError(f"adapter.target_modules: {exc} (linear modules of this model: {', '.join(names)})") from None
+
+
+def load_adapter(model: Any, adapter_dir: str | Path, *, trainable: bool = False) -> Any:
+    """Attach a saved PEFT adapter to a base model."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise UserError(f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json)")
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    total_params: int
+    trainable_params: int
+    memory_bytes: int
+
+    def describe(self) -> str:
+        share = 100 * self.trainable_params / self.total_params if self.total_params else 0
+        return (
+            f"{self.total_params:,} parameters, {self.trainable_params:,} trainable ({share:.2f}%), "
+            f"{self.memory_bytes / 2**20:,.1f} MiB of weights"
+        )
+
+
+def summarize(model: torch.nn.Module) -> ModelSummary:
+    """Parameter counts (4-bit weights counted as their logical size) and weight memory."""
+    total = trainable = 0
+    for p in model.parameters():
+        n = p.numel()
+        # bitsandbytes packs two 4-bit values per uint8 element.
+        if p.dtype == torch.uint8 and hasattr(p, "quant_state"):
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    memory = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return ModelSummary(total, trainable, memory)

@@ -1,0 +1,229 @@
+"""Compile a resolved recipe into a training plan: what will be trained, for how long, at what cost.
+
+Without data the plan uses what the recipe says about its data (`data.expected_rows`,
+`data.expected_tokens`); with data (see `data_plan.py`) measured counts replace those.
+This module imports nothing heavy: `plan --no-data` must stay as fast as `validate`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .architectures import Architecture, find_architecture, lora_trainable_params, unknown_target_modules
+from .config import Recipe
+from .errors import UserError
+from .estimate import estimate
+from .model_source import resolve_model_source
+from .recipe import LoadedRecipe
+
+# Target modules LoRAX can serve for Llama/Mistral-style models (its adapter loader skips others).
+LORAX_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"}
+
+
+@dataclass(frozen=True)
+class Steps:
+    micro_batches_per_epoch: int
+    per_epoch: int
+    total: int
+    epochs: float
+    validations: int
+
+
+def optimizer_steps(
+    *,
+    train_rows: int,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    processes: int,
+    epochs: float,
+    train_steps: int | None,
+    max_train_steps: int,
+    eval_steps: int,
+) -> Steps:
+    """Optimizer steps from rows: every process takes `batch_size` rows per forward pass, and
+    `gradient_accumulation_steps` passes make one step (a short last step ends each epoch)."""
+    micro = math.ceil(train_rows / (batch_size * processes)) if train_rows else 0
+    per_epoch = math.ceil(micro / gradient_accumulation_steps) if micro else 0
+    total = train_steps if train_steps is not None else math.ceil(per_epoch * epochs)
+    total = min(total, max_train_steps)
+    actual_epochs = total / per_epoch if per_epoch else 0.0
+    return Steps(micro, per_epoch, total, round(actual_epochs, 4), total // eval_steps)
+
+
+def resolve_architecture(loaded: LoadedRecipe) -> Architecture | None:
+    recipe = loaded.recipe
+    local = loaded.local_path(("base_model",), recipe.base_model)
+    try:
+        source = resolve_model_source(recipe.base_model, recipe.model_parameters.gguf_file, local)
+    except UserError:
+        source = None
+    return find_architecture(recipe.base_model, source.local_dir if source else None)
+
+
+def max_length_setting(recipe: Recipe) -> str | int:
+    return recipe.preprocessing.global_max_sequence_length
+
+
+def adapter_warnings(recipe: Recipe, arch: Architecture | None) -> list[str]:
+    warnings: list[str] = []
+    targets = recipe.adapter.target_modules
+    if recipe.adapter.type == "lora":
+        ignored = [m for m in targets if m != "all-linear" and m not in LORAX_MODULES]
+        if ignored:
+            warnings.append(f"LoRAX ignores adapters on {', '.join(ignored)}; vLLM and peft load them")
+        if arch is not None:
+            unknown = unknown_target_modules(arch, targets)
+            if unknown:
+                warnings.append(f"{arch.name} has no module named {', '.join(unknown)}")
+    return warnings
+
+
+def build_plan(
+    loaded: LoadedRecipe,
+    *,
+    train_rows: int | None = None,
+    validation_rows: int | None = None,
+    train_tokens_per_epoch: int | None = None,
+    validation_tokens: int | None = None,
+    max_length: int | None = None,
+    processes: int = 1,
+    basis: str | None = None,
+) -> dict[str, Any]:
+    """The plan as a JSON-ready mapping. Row and token counts default to the recipe's expectations;
+    `train_tokens_per_epoch` counts computed tokens (padding included)."""
+    recipe = loaded.recipe
+    t = recipe.trainer
+    arch = resolve_architecture(loaded)
+    expected = recipe.data.expected_rows
+    rows = train_rows if train_rows is not None else expected.train
+    val_rows = validation_rows if validation_rows is not None else expected.validation
+    setting = max_length_setting(recipe)
+    length = (
+        max_length if max_length is not None else (setting if isinstance(setting, int) else recipe.data.expected_tokens)
+    )
+    basis = basis or "recipe expectations (data.expected_rows, data.expected_tokens); every row assumed at that length"
+
+    plan: dict[str, Any] = {
+        "name": loaded.name,
+        "recipe": loaded.resolved,
+        "effective_batch_size": t.batch_size * t.gradient_accumulation_steps * processes,
+        "processes": processes,
+        "base_model": {
+            "id": recipe.base_model,
+            "architecture": arch.name if arch else None,
+            "total_params": arch.total_params if arch else None,
+        },
+        "lora_trainable_params": (
+            lora_trainable_params(arch, recipe.adapter.target_modules, recipe.adapter.r)
+            if arch and recipe.adapter.type == "lora"
+            else (arch.total_params if arch else None)
+        ),
+        "max_length": length,
+        "steps": None,
+        "estimate": None,
+        "warnings": adapter_warnings(recipe, arch),
+    }
+    missing = []
+    if rows is None and t.train_steps is None:
+        missing.append("the number of training rows (data.expected_rows.train)")
+    if length is None:
+        missing.append("a token length (data.expected_tokens or an integer preprocessing.global_max_sequence_length)")
+    if arch is None:
+        missing.append("the base model's shape (not a known architecture and no local config.json)")
+    if rows is not None or t.train_steps is not None:
+        steps = optimizer_steps(
+            train_rows=rows or 0,
+            batch_size=t.batch_size,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            processes=processes,
+            epochs=t.epochs,
+            train_steps=t.train_steps,
+            max_train_steps=t.max_train_steps,
+            eval_steps=t.eval_steps,
+        )
+        plan["steps"] = {
+            "per_epoch": steps.per_epoch,
+            "total": steps.total,
+            "epochs": steps.epochs,
+            "validations": steps.validations,
+        }
+    if missing:
+        plan["estimate"] = {
+            "gpu": recipe.cost.gpu,
+            "hours": None,
+            "cost_usd": None,
+            "reason": "unknown: " + "; ".join(missing),
+        }
+        return plan
+    assert arch is not None and length is not None and plan["steps"] is not None
+    examples = plan["steps"]["total"] * plan["effective_batch_size"]
+    if train_tokens_per_epoch is not None and rows:
+        train_tokens = int(train_tokens_per_epoch * examples / rows)
+    else:
+        train_tokens = examples * length
+    val_tokens = validation_tokens if validation_tokens is not None else (val_rows or 0) * length
+    est = estimate(
+        total_params=arch.total_params,
+        trainable_params=plan["lora_trainable_params"],
+        hidden_size=arch.hidden_size,
+        num_layers=arch.num_layers,
+        vocab_size=arch.vocab_size,
+        embedding_params=arch.embedding_params,
+        bits=recipe.quantization.bits,
+        double_quant=recipe.quantization.bnb_4bit_use_double_quant,
+        gradient_checkpointing=t.enable_gradient_checkpointing,
+        train_tokens=train_tokens,
+        validation_tokens=val_tokens * plan["steps"]["validations"],
+        batch_size=t.batch_size,
+        max_length=length,
+        gpu=recipe.cost.gpu,
+        price_per_hour_usd=recipe.cost.price_per_hour_usd,
+        basis=basis,
+    )
+    plan["estimate"] = est.to_json()
+    if not est.fits_in_memory:
+        plan["warnings"].append(
+            f"the estimated peak memory ({est.peak_memory_bytes / 2**30:.1f} GiB) exceeds the {recipe.cost.gpu}'s;"
+            " lower trainer.batch_size or the max length, or enable trainer.enable_gradient_checkpointing"
+        )
+    return plan
+
+
+def _fmt_int(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "unknown"
+
+
+def render_plan_text(plan: dict[str, Any], resolved_yaml: str) -> str:
+    """A human-readable plan: the resolved recipe, then what follows from it."""
+    lines = [f"# plan for {plan['name']}", "", "## resolved recipe", "", resolved_yaml.rstrip(), "", "## training"]
+    base = plan["base_model"]
+    arch = base["architecture"] or "unknown architecture"
+    lines.append(f"base model          {base['id']} ({arch}, {_fmt_int(base['total_params'])} parameters)")
+    lines.append(f"trainable params    {_fmt_int(plan['lora_trainable_params'])}")
+    lines.append(f"effective batch     {plan['effective_batch_size']} rows per optimizer step")
+    lines.append(f"max length          {_fmt_int(plan['max_length'])} tokens")
+    steps = plan["steps"]
+    if steps:
+        lines.append(
+            f"steps               {steps['total']:,} ({steps['per_epoch']:,} per epoch, {steps['epochs']} epochs, {steps['validations']} validations)"
+        )
+    else:
+        lines.append("steps               unknown (needs the number of training rows)")
+    for extra in plan.get("data_lines", []):
+        lines.append(extra)
+    est = plan["estimate"]
+    lines += ["", f"## estimate on {est['gpu']}"]
+    if est.get("hours") is None:
+        lines.append(est.get("reason", "unknown"))
+    else:
+        lines.append(f"time                {est['hours']:.2f} GPU-hours at ~{est['tokens_per_second']:,.0f} tokens/s")
+        lines.append(f"cost                ${est['cost_usd']:.2f} at ${est['price_per_hour_usd']:.2f}/GPU-hour")
+        lines.append(
+            f"peak memory         {est['peak_memory_bytes'] / 2**30:.1f} GiB ({'fits' if est['fits_in_memory'] else 'does NOT fit'})"
+        )
+        lines.append(f"basis               {est['basis']}")
+    if plan["warnings"]:
+        lines += ["", "## warnings"] + [f"- {w}" for w in plan["warnings"]]
+    return "\n".join(lines) + "\n"
