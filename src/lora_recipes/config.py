@@ -9,6 +9,7 @@ recipe by accident.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -232,22 +233,27 @@ def _entry_type(hint: Any) -> type | None:
     return None
 
 
-def build(cls: type[Any], mapping: Mapping[str, Any]) -> Any:
-    """Build dataclass `cls` from a validated, defaults-filled mapping."""
+@functools.cache
+def _field_plan(cls: Any) -> tuple[tuple[str, Any, type | None], ...]:
+    """(field name, type hint, entry dataclass of a mapping hint) per field; resolving string
+    annotations is slow, so it is done once per class."""
     hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name], _entry_type(hints[f.name])) for f in dataclasses.fields(cls))
+
+
+def build(cls: Any, mapping: Mapping[str, Any]) -> Any:
+    """Build dataclass `cls` from a validated, defaults-filled mapping."""
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        value = mapping.get(schema_key(f.name))
-        hint = hints[f.name]
-        entry = _entry_type(hint)
+    for name, hint, entry in _field_plan(cls):
+        value = mapping.get(schema_key(name))
         if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-            kwargs[f.name] = build(hint, value or {})
+            kwargs[name] = build(hint, value or {})
         elif entry is not None:
-            kwargs[f.name] = types.MappingProxyType({k: build(entry, v) for k, v in (value or {}).items()})
+            kwargs[name] = types.MappingProxyType({k: build(entry, v) for k, v in (value or {}).items()})
         elif hint in (float, float | None) and isinstance(value, int) and not isinstance(value, bool):
-            kwargs[f.name] = float(value)
+            kwargs[name] = float(value)
         else:
-            kwargs[f.name] = _freeze(value)
+            kwargs[name] = _freeze(value)
     return cls(**kwargs)
 
 

@@ -87,7 +87,7 @@ def parse_override(text: str, index: int) -> Override:
                 )
             ]
         )
-    doc = parse_yaml(value_text, "--set", line_offset=index - 1, col_offset=len(key) + 1)
+    doc = parse_yaml(value_text, "--set", line=index, col_offset=len(text) - len(value_text))
     path = tuple(int(p) if p.isdigit() else p for p in key.split("."))
     return Override(path, doc.data, text, index)
 

@@ -67,6 +67,13 @@ def _did_you_mean(word: str, choices: list[str]) -> str | None:
     return f"did you mean {close[0]}?" if close else None
 
 
+def _summary(description: str) -> str:
+    """The first clause of a schema description, for hints: 'the model to fine-tune'."""
+    cut = min((i for i in (description.find(s) for s in (". ", ": ", "; ")) if i >= 0), default=len(description))
+    text = description[:cut].rstrip(".")
+    return text[:1].lower() + text[1:]
+
+
 def _example(path: Path) -> str | None:
     sub = subschema(path)
     if sub is not None and "default" in sub and sub["default"] not in (None, [], {}):
@@ -100,12 +107,12 @@ def _schema_issue(error: ValidationError, locate: Locate) -> Iterator[Issue]:
         missing = [k for k in expected if k not in value]
         for key in missing:
             sub = subschema((*path, key))
-            hint = sub.get("description", "").split(". ")[0].rstrip(".") if sub else None
+            summary = _summary(sub.get("description", "")) if sub else ""
             yield Issue(
                 locate(path, True),
                 where or "(top level)",
                 f"missing required key {key!r}",
-                f"add {key}: {hint}" if hint else f"add {key}",
+                f"add {key}: {summary}" if summary else f"add {key}",
             )
         return
     if kw == "type":
@@ -142,7 +149,7 @@ def _schema_issue(error: ValidationError, locate: Locate) -> Iterator[Issue]:
             locate(path, False),
             where,
             f"{_show(value)} has the wrong form",
-            (sch.get("description") or "").split(". ")[0].rstrip(".") or None,
+            _summary(sch.get("description") or "") or None,
         )
         return
     if kw in ("minItems", "maxItems"):

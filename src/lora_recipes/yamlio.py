@@ -67,6 +67,19 @@ class _ComposeOnly(Reader, Scanner, Parser, Composer, _Core12Resolver):
         _Core12Resolver.__init__(self)
 
 
+try:  # LibYAML's parser is about 5x faster; it calls the same Python resolver for scalars.
+    from yaml.cyaml import CParser  # type: ignore[attr-defined]
+
+    class _CComposeOnly(CParser, _Core12Resolver):
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            _Core12Resolver.__init__(self)
+
+    _Composer: type = _CComposeOnly
+except ImportError:  # PyYAML built without LibYAML
+    _Composer = _ComposeOnly
+
+
 @dataclass
 class Document:
     """A parsed YAML file: its data and where each path's key and value were written."""
@@ -86,24 +99,24 @@ class Document:
         return Location(self.file, 1, 1)
 
 
-def _loc(file: str, node: Node, line_offset: int = 0, col_offset: int = 0) -> Location:
+def _loc(file: str, node: Node, line: int | None = None, col_offset: int = 0) -> Location:
     mark = node.start_mark
-    return Location(file, mark.line + 1 + line_offset, mark.column + 1 + col_offset)
+    return Location(file, line if line is not None else mark.line + 1, mark.column + 1 + col_offset)
 
 
 class _Builder:
     """Turns a node graph into dicts, lists and scalars, collecting every problem."""
 
-    def __init__(self, doc: Document, line_offset: int, col_offset: int) -> None:
+    def __init__(self, doc: Document, line: int | None, col_offset: int) -> None:
         self.doc = doc
-        self.line_offset = line_offset
+        self.line = line
         self.col_offset = col_offset
         self.issues: list[Issue] = []
         self.count = 0
         self.too_big = False
 
     def loc(self, node: Node) -> Location:
-        return _loc(self.doc.file, node, self.line_offset, self.col_offset)
+        return _loc(self.doc.file, node, self.line, self.col_offset)
 
     def build(self, node: Node, path: Path, active: tuple[int, ...] = ()) -> Any:
         self.count += 1
@@ -140,7 +153,7 @@ class _Builder:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge" or (
-                isinstance(key_node, ScalarNode) and key_node.value == "<<" and key_node.style is None
+                isinstance(key_node, ScalarNode) and key_node.value == "<<" and not key_node.style
             ):
                 self.issues.append(
                     Issue(self.loc(key_node), _dotted(path), "merge keys (<<) are not supported", "write the keys out")
@@ -218,31 +231,34 @@ def _dotted(path: Path) -> str:
 dotted = _dotted
 
 
-def parse_yaml(text: str, file: str, *, line_offset: int = 0, col_offset: int = 0) -> Document:
-    """Parse one YAML document. Raises `RecipeInvalid` with every problem found."""
+def parse_yaml(text: str, file: str, *, line: int | None = None, col_offset: int = 0) -> Document:
+    """Parse one YAML document. Raises `RecipeInvalid` with every problem found.
+
+    `line` and `col_offset` place a one-line snippet (a `--set` value) in its own coordinates:
+    every position is reported on that line, shifted by `col_offset` columns."""
     doc = Document(file=file, data=None)
     try:
-        loader = _ComposeOnly(text)
+        loader = _Composer(text)
         try:
             root = loader.get_single_node()
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 + line_offset if mark else 1
-        col = mark.column + 1 + col_offset if mark else 1
+        at_line = line if line is not None else (mark.line + 1 if mark else 1)
+        col = min(mark.column, len(text)) + 1 + col_offset if mark else 1
         problem = exc.problem or exc.context or "invalid YAML"
         if "expected a single document" in str(exc):
             problem, hint = "more than one YAML document", "a recipe is a single document: remove the `---`"
         else:
             hint = "check the indentation and quoting around this point"
-        raise RecipeInvalid([Issue(Location(file, line, col), "", f"YAML syntax error: {problem}", hint)]) from None
+        raise RecipeInvalid([Issue(Location(file, at_line, col), "", f"YAML syntax error: {problem}", hint)]) from None
     except yaml.YAMLError as exc:  # reader errors (bad characters) carry no mark attribute
         raise RecipeInvalid([Issue(Location(file, 1, 1), "", f"cannot read YAML: {exc}")]) from None
     if root is None:
         doc.data = None
         return doc
-    builder = _Builder(doc, line_offset, col_offset)
+    builder = _Builder(doc, line, col_offset)
     doc.data = builder.build(root, ())
     if builder.issues:
         raise RecipeInvalid(builder.issues)
