@@ -38,5 +38,8 @@ demo: install
 bench: install
 	$(BIN)/python scripts/bench_validate.py
 
+docs: install
+	$(BIN)/python scripts/gen_recipe_reference.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
