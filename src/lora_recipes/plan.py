@@ -1,13 +1,15 @@
 """Compile a resolved recipe into a training plan: what will be trained, for how long, at what cost.
 
 Without data the plan uses what the recipe says about its data (`data.expected_rows`,
-`data.expected_tokens`); with data (see `data_plan.py`) measured counts replace those.
+`data.expected_tokens`); with data, the data pipeline's report (`data.pipeline.plan_data`: rows
+per split, token lengths, the cut-off) replaces those and becomes the plan's data section.
 This module imports nothing heavy: `plan --no-data` must stay as fast as `validate`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,11 +92,26 @@ def build_plan(
     max_length: int | None = None,
     processes: int = 1,
     basis: str | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The plan as a JSON-ready mapping. Row and token counts default to the recipe's expectations;
-    `train_tokens_per_epoch` counts computed tokens (padding included)."""
+    `train_tokens_per_epoch` counts computed tokens (padding included). `data`, the data
+    pipeline's report, supplies measured counts and is merged in as the plan's data section."""
     recipe = loaded.recipe
     t = recipe.trainer
+    if data is not None:
+        measured = data["splits"]
+        train_rows = measured["train"]["examples"]
+        validation_rows = measured["validation"]["examples"] if "validation" in measured else 0
+        train_tokens_per_epoch = data["computed_tokens_per_epoch"]
+        validation_tokens = data["validation_tokens"]
+        max_length = data["max_length"]
+        tokenizer = data["data"]["tokenizer"]
+        basis = (
+            f"measured: {train_rows:,} training rows at their token lengths after the cut"
+            f" (padding for batch size {t.batch_size} included)"
+            + (", with APPROXIMATE token counts" if tokenizer["approximate"] else "")
+        )
     arch = resolve_architecture(loaded)
     expected = recipe.data.expected_rows
     rows = train_rows if train_rows is not None else expected.train
@@ -149,6 +166,9 @@ def build_plan(
             "epochs": steps.epochs,
             "validations": steps.validations,
         }
+    if data is not None:
+        plan.update(data_section(data, plan["steps"]))
+        plan["warnings"] += data["warnings"]
     if missing:
         plan["estimate"] = {
             "gpu": recipe.cost.gpu,
@@ -191,13 +211,30 @@ def build_plan(
     return plan
 
 
+DATA_KEYS = ("data", "splits", "tokens", "max_length_setting", "truncated_rows", "dropped_rows", "skipped_rows")
+
+
+def data_section(data: Mapping[str, Any], steps: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The data report's keys for the plan, plus what follows from them and the steps: the tokens
+    that training will read (and the answer tokens the loss covers) over the whole run."""
+    section = {k: data[k] for k in DATA_KEYS}
+    section["split_hashes"] = dict(data["split_hashes"])
+    epochs = steps["epochs"] if steps else 0.0
+    section["tokens_to_train"] = round(data["train_tokens_per_epoch"] * epochs)
+    section["target_tokens_to_train"] = round(data["target_tokens_per_epoch"] * epochs)
+    return section
+
+
 def _fmt_int(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else "unknown"
 
 
 def render_plan_text(plan: dict[str, Any], resolved_yaml: str) -> str:
     """A human-readable plan: the resolved recipe, then what follows from it."""
-    lines = [f"# plan for {plan['name']}", "", "## resolved recipe", "", resolved_yaml.rstrip(), "", "## training"]
+    lines = [f"# plan for {plan['name']}", "", "## resolved recipe", "", resolved_yaml.rstrip(), ""]
+    if "splits" in plan:
+        lines += [*render_data_section(plan), ""]
+    lines.append("## training")
     base = plan["base_model"]
     arch = base["architecture"] or "unknown architecture"
     lines.append(f"base model          {base['id']} ({arch}, {_fmt_int(base['total_params'])} parameters)")
@@ -211,8 +248,6 @@ def render_plan_text(plan: dict[str, Any], resolved_yaml: str) -> str:
         )
     else:
         lines.append("steps               unknown (needs the number of training rows)")
-    for extra in plan.get("data_lines", []):
-        lines.append(extra)
     est = plan["estimate"]
     lines += ["", f"## estimate on {est['gpu']}"]
     if est.get("hours") is None:
@@ -227,3 +262,48 @@ def render_plan_text(plan: dict[str, Any], resolved_yaml: str) -> str:
     if plan["warnings"]:
         lines += ["", "## warnings"] + [f"- {w}" for w in plan["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "-"
+
+
+def render_data_section(plan: dict[str, Any]) -> list[str]:
+    data = plan["data"]
+    tokenizer = data["tokenizer"]
+    few = data["few_shot"]
+    lines = ["## data", "", f"source              {data['source']}"]
+    if tokenizer["approximate"]:
+        lines.append(f"tokenizer           {tokenizer['stands_in_for']}: {tokenizer['note']}")
+    else:
+        lines.append(f"tokenizer           {tokenizer['name']}")
+    if few["type"] == "retrieval":
+        lines.append(
+            f"few-shot examples   {few['count']} rows drawn from train (seed {few['seed']}), kept out of training"
+        )
+    elif few["type"] == "fixed":
+        lines.append(f"few-shot examples   {few['count']} fixed in the recipe")
+    lines += ["", f"{'split':<12}{'rows':>9}{'examples':>10}{'skipped':>9}{'truncated':>11}{'dropped':>9}  from"]
+    for name, split in plan["splits"].items():
+        origin = split["from"] + ("" if split["used"] else " (not used by this recipe)")
+        lines.append(
+            f"{name:<12}{_cell(split['rows']):>9}{_cell(split.get('examples')):>10}{_cell(split['skipped_rows']):>9}"
+            f"{_cell(split.get('truncated_rows')):>11}{_cell(split.get('dropped_rows')):>9}  {origin}"
+        )
+    lines += ["", f"{'tokens (train)':<16}" + "".join(f"{k:>8}" for k in ("min", "p50", "p95", "p99", "max", "mean"))]
+    for part in ("prompt", "target", "total"):
+        stats = plan["tokens"][part]
+        lines.append(f"{part:<16}" + "".join(f"{stats[k]:>8,}" for k in ("min", "p50", "p95", "p99", "max", "mean")))
+    setting = plan["max_length_setting"]
+    how = (
+        f"{setting} of the training rows' prompt+answer lengths" if isinstance(setting, str) else "fixed in the recipe"
+    )
+    lines += [
+        "",
+        f"max length          {plan['max_length']:,} tokens ({how}); truncated {plan['truncated_rows']:,} rows,"
+        f" dropped {plan['dropped_rows']:,}",
+        f"tokens to train     {plan['tokens_to_train']:,} ({plan['target_tokens_to_train']:,} of them answer tokens,"
+        " which the loss covers)",
+    ]
+    lines += [f"split hash          {name}: {h}" for name, h in plan["split_hashes"].items()]
+    return lines

@@ -58,9 +58,18 @@ def render_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    if isinstance(value, list) and all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in value):
+    if isinstance(value, list | tuple) and all(
+        isinstance(v, str | int | float) and not isinstance(v, bool) for v in value
+    ):
         return " ".join(str(v) for v in value)
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the read-only mappings a frozen recipe holds (few-shot example cells)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot show a {type(value).__name__} in a prompt")
 
 
 _FORBIDDEN = {

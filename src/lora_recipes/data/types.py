@@ -52,3 +52,16 @@ class PreparedData:
     max_length: int
     split_hashes: dict[str, str]  # content hash of every split, recorded in the run manifest
     report: dict[str, Any] = field(default_factory=dict)  # plan's data section (JSON-ready)
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """The fixed evaluation subset: the first `evaluation_size` rows (with a gold answer) of the
+    evaluation split, in source order, as the model will see them."""
+
+    split: str  # train, validation or test
+    examples: list[Example]
+    hash: str  # of exactly these prompts and targets: two runs scored the same questions iff equal
+    labels: tuple[str, ...]  # label texts of a category output; empty for text outputs
+    source: str = ""  # where the rows came from (file or hub split)
+    skipped_rows: int = 0  # rows of the split without a gold answer, left out
