@@ -221,7 +221,13 @@ def prepare_for_training(model: Any, *, quantized: bool, gradient_checkpointing:
     if quantized:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        # Non-reentrant checkpointing works under DistributedDataParallel; the reentrant kind
+        # marks LoRA parameters ready twice there.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -287,3 +293,65 @@ def summarize(model: torch.nn.Module) -> ModelSummary:
             trainable += n
     memory = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     return ModelSummary(total, trainable, memory)
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-file progress bars and advisory warnings during a training run;
+    training prints its own account of what was loaded."""
+    import warnings
+
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def supports_logits_mask(model: Any) -> bool:
+    """Whether the causal-LM class takes a boolean (batch, sequence) `logits_to_keep` mask, so the
+    LM head runs only where a loss is computed (the answer tokens) instead of on every position."""
+    import sys
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = sys.modules.get(type(base).__module__)
+    return module is not None and hasattr(module, "slice_logits_to_keep")
+
+
+def save_trained(model: Any, tokenizer: Any, folder: str | Path, *, full: bool) -> None:
+    """Write what training produced into `folder`: a PEFT adapter (adapter_config.json and
+    adapter_model.safetensors, which peft, vLLM and LoRAX load), or for full fine-tuning the
+    whole model with its tokenizer, a folder usable as a `base_model`."""
+    folder = Path(folder)
+    if full:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        return
+    # Hand peft the trainable tensors rather than letting it call model.state_dict(): that would
+    # serialise every frozen 4-bit weight only to drop it (and bitsandbytes unpacks CPU-repacked
+    # weights while doing so).
+    trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    model.save_pretrained(folder, safe_serialization=True, state_dict=trainable)
+    (folder / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
+
+
+def build_optimizer(
+    params: list[torch.nn.Parameter], *, type: str, lr: float, betas: tuple[float, ...], eps: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """adamw, adam or sgd from torch; paged_adamw_8bit from bitsandbytes (CUDA only)."""
+    b1, b2 = betas
+    if type == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
+    if type == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
+    if type == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if type == "paged_adamw_8bit":
+        if not any(p.is_cuda for p in params):
+            raise UserError("trainer.optimizer.type: paged_adamw_8bit needs a CUDA GPU (use adamw on the CPU)")
+        import bitsandbytes as bnb
+
+        optimizer: torch.optim.Optimizer = bnb.optim.PagedAdamW8bit(
+            params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay
+        )
+        return optimizer
+    raise UserError(f"trainer.optimizer.type: unknown optimizer {type!r}")

@@ -1,0 +1,224 @@
+"""QLoRA on the Mistral-7B architecture with random weights, on one CUDA GPU: useful tokens/s and
+peak VRAM of `lora-recipes train` beside the plain Hugging Face way (Trainer + PEFT + a collator
+that pads each batch, random order).
+
+Nothing is downloaded: the model is built from Mistral-7B-v0.1's public configuration with random
+bfloat16 weights directly on the GPU, saved once as a normal model folder, and loaded back by both
+sides through lora_recipes.models.load_base_model (4-bit NF4, double quantization, bfloat16
+compute: the real QLoRA path). The rows are synthetic token ids with a long-tailed length (median
+about 150 tokens, cut at 600) and a short answer, like LoRA Land's classification tasks.
+
+    python scripts/bench_gpu.py [--steps 20] [--warmup 2] [--batch-size 8] [--layers 32]
+
+Needs torch with CUDA, bitsandbytes with its CUDA kernels, transformers, peft and accelerate, and
+about 30 GB of free disk for the 14.5 GB model folder (--workdir). Prints a table and writes JSON
+(--output; default bench-results/bench_gpu.json, or $OUT/bench_gpu.json when OUT is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train's Hugging Face baseline
+if importlib.util.find_spec("lora_recipes") is None:  # a bare checkout on a lent GPU machine
+    sys.path.insert(0, str(ROOT / "src"))
+
+# Mistral-7B-v0.1's config.json (public): the shape the benchmark trains.
+MISTRAL_7B = {
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+PAD_ID = 3  # <pad> of the tokenizer make_tokenizer trains
+
+
+def build_random_model(folder: Path, layers: int) -> None:
+    """Random bf16 Mistral-7B weights made on the GPU and saved as a model folder, with a small
+    tokenizer (the rows are token ids already; training only needs its pad and EOS ids)."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+
+    from lora_recipes.tiny import make_tokenizer
+
+    config = MistralConfig(**{**MISTRAL_7B, "num_hidden_layers": layers}, pad_token_id=PAD_ID)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = MistralForCausalLM._from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(folder, safe_serialization=True)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    make_tokenizer(folder / "tokenizer", ["benchmark rows are token ids"], vocab_size=300)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
+    tokenizer.save_pretrained(folder)
+    shutil.rmtree(folder / "tokenizer")
+
+
+def synthetic_rows(rows: int, max_length: int, seed: int = 0) -> Any:
+    """Prompt + answer + EOS token ids; log-normal prompt lengths (long tail), 1-8 answer tokens."""
+    from lora_recipes.data.types import PreparedData, TokenizedSplit
+
+    rng = random.Random(seed)
+    ids, prompts = [], []
+    for _ in range(rows):
+        answer = rng.randint(1, 8)
+        prompt = min(max(int(rng.lognormvariate(math.log(150), 0.8)), 8), max_length - answer - 1)
+        ids.append([rng.randrange(3, MISTRAL_7B["vocab_size"]) for _ in range(prompt + answer)] + [2])
+        prompts.append(prompt)
+    split = TokenizedSplit("train", ids, prompts, list(range(rows)))
+    return PreparedData(split, None, max_length, {"train": f"synthetic-{rows}-{max_length}-{seed}"}, {})
+
+
+def write_recipe(path: Path, model_dir: Path, args: argparse.Namespace) -> Path:
+    import yaml
+
+    recipe = {
+        "version": 1,
+        "name": "mistral-7b-random",
+        "base_model": str(model_dir),
+        "prompt": {"template": "{text}"},
+        "output": {"column": "label"},
+        "data": {"dataset": str(model_dir)},  # not read: the benchmark hands over token ids
+        "trainer": {
+            "train_steps": args.steps,
+            "batch_size": args.batch_size,
+            "gradient_accumulation_steps": 1,
+            "device": "cuda",
+            "enable_gradient_checkpointing": args.gradient_checkpointing,
+        },
+    }
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def measured(name: str, run: Any, warmup: int) -> dict[str, Any]:
+    """Run one configuration with a fresh peak-memory counter; free its model afterwards."""
+    import torch
+
+    from bench_train import summarize
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    steps = run()
+    result = summarize(steps, skip=warmup)
+    result["peak_vram_bytes"] = torch.cuda.max_memory_allocated()
+    result["wall_seconds"] = time.perf_counter() - start
+    gc.collect()
+    torch.cuda.empty_cache()
+    print(f"{name}: done in {result['wall_seconds']:.0f} s", file=sys.stderr)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per configuration (default 20)")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing (default 2)")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per step (default 8)")
+    parser.add_argument("--rows", type=int, default=2000, help="synthetic training rows (default 2000)")
+    parser.add_argument("--max-length", type=int, default=600, help="longest row in tokens (default 600)")
+    parser.add_argument(
+        "--layers", type=int, default=32, help="decoder layers (32 = Mistral-7B; fewer for a smoke run)"
+    )
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="both sides recompute activations")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the random model folder is written")
+    parser.add_argument("--output", type=Path, default=None, help="JSON results file")
+    args = parser.parse_args()
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("skipped: no CUDA GPU is visible (this benchmark is for GPU machines)")
+        return 0
+    os.environ.setdefault("LORA_RECIPES_CACHE", str(Path(tempfile.gettempdir()) / "lora-recipes-bench-cache"))
+    from bench_train import hf_trainer, ours
+    from lora_recipes import models
+    from lora_recipes.recipe import load_recipe
+    from lora_recipes.train import model_source
+
+    models.quiet_transformers()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    model_dir = work / f"mistral-7b-random-{args.layers}l"
+    started = time.perf_counter()
+    if not (model_dir / "config.json").is_file():
+        build_random_model(model_dir, args.layers)
+    print(f"random model ready in {time.perf_counter() - started:.0f} s: {model_dir}", file=sys.stderr)
+    loaded = load_recipe(write_recipe(work / "recipe.yaml", model_dir, args))
+    data = synthetic_rows(args.rows, args.max_length)
+    tokenizer = models.load_tokenizer(model_source(loaded))
+
+    results = {
+        "hf-trainer": measured(
+            "hf-trainer",
+            lambda: hf_trainer(loaded, data, tokenizer, grouped=False, workdir=work / "hf", device="cuda"),
+            args.warmup,
+        ),
+        "lora-recipes": measured(
+            "lora-recipes", lambda: ours(loaded, work / "ours", build_data=lambda _l, _t: data), args.warmup
+        ),
+    }
+    base = results["hf-trainer"]["useful_tokens_per_second"]
+    for r in results.values():
+        r["ratio_vs_hf_trainer"] = r["useful_tokens_per_second"] / base if base else None
+
+    gib = 2**30
+    device = torch.cuda.get_device_name()
+    print(f"\nQLoRA, Mistral-7B architecture ({args.layers} layers, random weights), {device}")
+    print(
+        f"{'configuration':<14} {'useful tok/s':>12} {'computed tok/s':>15} {'padding':>8} {'peak VRAM':>10} {'ratio':>6}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:<14} {r['useful_tokens_per_second']:>12,.0f} {r['computed_tokens_per_second']:>15,.0f} "
+            f"{100 * r['padding_share']:>7.1f}% {r['peak_vram_bytes'] / gib:>8.1f} G {r['ratio_vs_hf_trainer']:>5.2f}x"
+        )
+    record = {
+        "benchmark": "bench_gpu",
+        "device": device,
+        "torch": torch.__version__,
+        "layers": args.layers,
+        "steps": args.steps,
+        "warmup_steps": args.warmup,
+        "batch_size": args.batch_size,
+        "rows": args.rows,
+        "max_length": args.max_length,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "results": results,
+    }
+    output = args.output or (
+        Path(os.environ["OUT"]) / "bench_gpu.json"
+        if os.environ.get("OUT")
+        else ROOT / "bench-results" / "bench_gpu.json"
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
