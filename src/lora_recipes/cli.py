@@ -207,6 +207,118 @@ def schema() -> None:
 
 
 @app.command()
+def evaluate(
+    recipe: Annotated[Path, typer.Argument(help="The recipe file.", show_default=False)],
+    adapter: Annotated[
+        Path | None,
+        typer.Option("--adapter", metavar="PATH", help="A PEFT adapter folder or a training run directory."),
+    ] = None,
+    base: Annotated[bool, typer.Option("--base", help="Also score the base model alone.")] = False,
+    endpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--endpoint",
+            metavar="URL",
+            help="An OpenAI-compatible endpoint (http://host:8000/v1) to score; repeatable, one --model each.",
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", metavar="NAME", help="Model name to ask each --endpoint for.")
+    ] = None,
+    chat: Annotated[
+        bool,
+        typer.Option(
+            "--chat", help="Use the chat protocol (a URL ending in /chat/completions or /completions says it itself)."
+        ),
+    ] = False,
+    api_key_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key-env",
+            metavar="VAR",
+            help="Environment variable holding an endpoint's API key; once per --endpoint, - for none.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, metavar="N", help="Score only the first N examples.")
+    ] = None,
+    data: DataOption = None,
+    set_: SetOption = None,
+    format: FormatOption = Format.text,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", metavar="DIR", help="Folder for eval.json, predictions and table; reuse it to resume."
+        ),
+    ] = None,
+) -> None:
+    """Score an adapter, its base model and endpoints on the recipe's fixed evaluation subset.
+
+    Writes eval.json, predictions-<system>.jsonl and table.md (default folder: inside the run
+    directory, or evals/<name>-<time>), and prints the table beside LoRA Land's scores. Running
+    again with the same --output asks only for the answers still missing.
+
+    Example: lora-recipes evaluate recipes/glue_sst2.yaml --adapter runs/glue_sst2-20250101-120000 --base
+    """
+    from .evaluate import ProgressLine, evaluate_recipe
+    from .report import render_table
+
+    try:
+        result, output_dir = evaluate_recipe(
+            recipe,
+            overrides=set_ or (),
+            data_path=data,
+            adapter=adapter,
+            base=base,
+            endpoints=endpoint or (),
+            models=model or (),
+            chat=chat,
+            api_key_envs=api_key_env or (),
+            limit=limit,
+            output=output,
+            progress=ProgressLine(sys.stderr),
+        )
+    except LoraRecipesError as exc:
+        raise fail(exc) from None
+    if format is Format.json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(render_table(result), nl=False)
+        typer.echo(f"\nwrote {output_dir}/eval.json, table.md and predictions-*.jsonl")
+
+
+@app.command()
+def predict(
+    recipe: Annotated[Path, typer.Argument(help="The recipe file.", show_default=False)],
+    adapter: Annotated[
+        Path, typer.Option("--adapter", metavar="PATH", help="A PEFT adapter folder or a training run directory.")
+    ],
+    input_file: Annotated[
+        str, typer.Option("--input", metavar="FILE", help="JSONL rows to answer; - for stdin.")
+    ] = "-",
+    output_file: Annotated[
+        str, typer.Option("--output", metavar="FILE", help="Where the rows go with their prediction; - for stdout.")
+    ] = "-",
+    set_: SetOption = None,
+) -> None:
+    """Answer JSONL rows with an adapter: each row gets the recipe's prompt, and comes back with a
+    `prediction` field.
+
+    Example: lora-recipes predict recipes/glue_sst2.yaml --adapter runs/glue_sst2-20250101-120000 < rows.jsonl
+    """
+    from .predict import predict_recipe
+
+    try:
+        written = predict_recipe(
+            recipe, overrides=set_ or (), adapter=adapter, input_path=input_file, output_path=output_file
+        )
+    except LoraRecipesError as exc:
+        raise fail(exc) from None
+    if output_file != "-":
+        typer.echo(f"wrote {written} rows to {output_file}", err=True)
+
+
+@app.command()
 def train(
     recipe: Annotated[
         Path | None, typer.Argument(help="The recipe file (leave it out with --resume).", show_default=False)

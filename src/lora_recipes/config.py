@@ -173,10 +173,19 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class EndpointSettings:
+    concurrency: int
+    timeout: float
+    retries: int
+    backoff: float
+
+
+@dataclass(frozen=True)
 class Evaluation:
     metric: str | None
     mode: str
     batch_size: int
+    endpoints: EndpointSettings
     reference_task: str | None
 
 

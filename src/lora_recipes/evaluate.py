@@ -1,0 +1,587 @@
+"""Score systems (the base model, a trained adapter, OpenAI-compatible endpoints) on a recipe's
+fixed evaluation subset and write what came out.
+
+    evaluation subset -> answers per system (resumable) -> scores -> eval.json, predictions, table
+
+Every answer that succeeded is appended to `answers/<system>.jsonl` in the output folder as soon
+as it arrives, under a key made of the row, its prompt and everything that shapes the answer
+(model, adapter file, decoding, mode). Running again into the same folder asks only for what is
+missing, so an interrupted run, or one whose endpoint failed a few requests, is finished by
+running it again. The API key of an endpoint is read from its environment variable and written
+nowhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Recipe
+from .data.types import EvaluationSet, Example
+from .endpoints import Answer, Client, Endpoint, Policy, ask_all
+from .endpoints import endpoint as make_endpoint
+from .errors import UserError
+from .generation import Decoding, finish_output
+from .metrics import Metric, Score, build_metric, metric_name
+from .recipe import LoadedRecipe
+from .reference import reference_scores
+from .report import render_table
+from .rundir import write_json_atomic, write_text_atomic
+
+EVAL_FILE = "eval.json"
+TABLE_FILE = "table.md"
+ANSWERS_DIR = "answers"
+ADAPTER_DIR = "adapter"  # inside a training run directory
+
+Progress = Callable[[str, int, int], None]  # system name, examples answered, examples in all
+
+
+@dataclass(frozen=True)
+class System:
+    """One thing to score. `name` keys its scores in eval.json."""
+
+    name: str
+    kind: str  # base, adapter or endpoint
+    description: str
+    adapter_dir: Path | None = None
+    endpoint: Endpoint | None = None
+    api_key_env: str | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.kind != "endpoint"
+
+    @property
+    def slug(self) -> str:
+        return slug(self.name)
+
+
+def slug(name: str) -> str:
+    """A system's name as a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "system"
+
+
+def find_adapter(path: Path) -> tuple[Path, Path | None]:
+    """An adapter folder, or a training run directory holding one in `adapter/`: returns the
+    adapter folder and the run directory (None for a bare adapter)."""
+    if (path / "adapter_config.json").is_file():
+        return path, None
+    if (path / ADAPTER_DIR / "adapter_config.json").is_file():
+        return path / ADAPTER_DIR, path
+    if not path.exists():
+        raise UserError(f"--adapter {path}: no such folder")
+    if (path / "model" / "config.json").is_file():
+        raise UserError(
+            f"--adapter {path}: a full fine-tuning run (it holds model/, not an adapter); score it as a base "
+            f"model: --base --set base_model={path / 'model'} --set quantization.bits=null"
+        )
+    raise UserError(
+        f"--adapter {path}: neither a PEFT adapter folder (adapter_config.json) nor a run directory "
+        f"with {ADAPTER_DIR}/adapter_config.json"
+    )
+
+
+def plan_systems(
+    *,
+    adapter: Path | None,
+    base: bool,
+    endpoints: Sequence[tuple[str, str]],
+    chat: bool,
+    api_key_envs: Sequence[str],
+    base_model: str,
+) -> list[System]:
+    """The systems of one `evaluate` call, base first (it runs before the adapter is attached to
+    the same loaded model). `api_key_envs` is empty or names one variable per endpoint, in order,
+    `-` meaning none: a key is never sent to an endpoint it was not named for."""
+    if not (adapter or base or endpoints):
+        raise UserError("nothing to evaluate: give --adapter PATH, --base, or --endpoint URL --model NAME")
+    if api_key_envs and len(api_key_envs) != len(endpoints):
+        raise UserError(
+            f"--api-key-env is given {len(api_key_envs)} times for {len(endpoints)} endpoints: give it once per "
+            "--endpoint, in the same order, with - for an endpoint that takes no key"
+        )
+    systems: list[System] = []
+    if base:
+        systems.append(System("base", "base", base_model))
+    if adapter is not None:
+        adapter_dir, _ = find_adapter(adapter)
+        systems.append(System("adapter", "adapter", str(adapter_dir), adapter_dir=adapter_dir))
+    taken = {s.slug for s in systems}  # names must differ as file names too
+    for i, (url, model) in enumerate(endpoints):
+        target = make_endpoint(url, model, chat)
+        name = model
+        n = 2
+        while slug(name) in taken:
+            name, n = f"{model}-{n}", n + 1
+        taken.add(slug(name))
+        key_env = api_key_envs[i] if api_key_envs and api_key_envs[i] != "-" else None
+        system = System(name, "endpoint", f"{target.protocol} at {target.url}", endpoint=target, api_key_env=key_env)
+        api_key(system)  # a missing key fails now, before any data is read
+        systems.append(system)
+    return systems
+
+
+def api_key(system: System) -> str | None:
+    if system.api_key_env is None:
+        return None
+    value = os.environ.get(system.api_key_env)
+    if not value:
+        raise UserError(f"--api-key-env {system.api_key_env}: the environment variable is not set or empty")
+    return value
+
+
+# --- the resumable record of answers -------------------------------------------------------------
+
+
+class Journal:
+    """Answers already given, one JSON line each, appended as they arrive. A line torn by a crash
+    is ignored when read back (its answer is simply asked again)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        self._torn = False  # the file ends inside a line: the next write starts a new one
+        if path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            self._torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    item = json.loads(line)
+                    self.records[str(item["key"])] = item
+
+    def add(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        lines = []
+        for key, record in items:
+            entry = {"key": key, **record}
+            self.records[key] = entry
+            lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
+        if not lines:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One write() on an O_APPEND descriptor: lines are never interleaved, and a crash leaves
+        # at most one torn line at the end.
+        if self._torn:
+            lines.insert(0, "\n")
+            self._torn = False
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, "".join(lines).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_identity(path: Path) -> list[Any]:
+    """Adapter weights by size and modification time: retraining into the same folder changes
+    them, so answers of the old adapter are not reused."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.startswith("adapter_"))
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def mode_of(system: System, recipe: Recipe) -> str:
+    """The recipe's mode for local models; endpoints always generate (they give no label scores)."""
+    return recipe.evaluation.mode if system.local else "generate"
+
+
+def fingerprint(system: System, recipe: Recipe) -> str:
+    """Everything besides the prompt that shapes a system's answer."""
+    shape: dict[str, Any] = {
+        "kind": system.kind,
+        "mode": mode_of(system, recipe),
+        "generation": dataclasses.asdict(recipe.generation),
+        "target_prefix": recipe.output.target_prefix,
+    }
+    if system.local:
+        shape |= {
+            "base_model": recipe.base_model,
+            "model_parameters": dataclasses.asdict(recipe.model_parameters),
+            "quantization": dataclasses.asdict(recipe.quantization),
+            "labels": recipe.output.labels,
+        }
+    if system.adapter_dir is not None:
+        shape["adapter"] = [str(system.adapter_dir.resolve()), _file_identity(system.adapter_dir)]
+    if system.endpoint is not None:
+        shape["endpoint"] = dataclasses.asdict(system.endpoint)
+    return _hash(shape)
+
+
+# --- answering --------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What one system produced in this call."""
+
+    fresh: int = 0  # answers obtained now (not resumed)
+    seconds: float = 0.0
+    load_seconds: float = 0.0
+    retries: int = 0
+    errors: dict[int, str] = dataclasses.field(default_factory=dict)
+
+
+def decoding(recipe: Recipe) -> Decoding:
+    g = recipe.generation
+    return Decoding(g.max_new_tokens, g.temperature, g.top_p, g.stop)
+
+
+def load_local(loaded: LoadedRecipe) -> tuple[Any, Any]:
+    """The recipe's base model and tokenizer, loaded as training loads them (same quantization),
+    so an adapter is scored on the base it was trained on."""
+    from . import models
+    from .model_source import resolve_model_source
+
+    recipe = loaded.recipe
+    mp, q = recipe.model_parameters, recipe.quantization
+    models.quiet_transformers()
+    source = resolve_model_source(
+        recipe.base_model, mp.gguf_file, loaded.local_path(("base_model",), recipe.base_model)
+    )
+    tokenizer = models.load_tokenizer(source, revision=mp.revision, trust_remote_code=mp.trust_remote_code)
+    model = models.load_base_model(
+        source,
+        revision=mp.revision,
+        trust_remote_code=mp.trust_remote_code,
+        dtype=mp.dtype,
+        bits=q.bits,
+        quant_type=q.bnb_4bit_quant_type,
+        double_quant=q.bnb_4bit_use_double_quant,
+        compute_dtype=q.bnb_4bit_compute_dtype,
+        int8_threshold=q.llm_int8_threshold,
+        device=models.resolve_device(recipe.trainer.device),
+    )
+    return model, tokenizer
+
+
+def answer_local(
+    model: Any,
+    tokenizer: Any,
+    recipe: Recipe,
+    prompts: Sequence[str],
+    on_answers: Callable[[list[int], list[dict[str, Any]]], None],
+) -> None:
+    """Generate (or rank labels) for `prompts`; `on_answers(indices, records)` after each batch."""
+    from . import generation
+
+    if recipe.evaluation.mode == "rank":
+        generation.rank(
+            model,
+            tokenizer,
+            prompts,
+            recipe.output.labels,
+            target_prefix=recipe.output.target_prefix,
+            batch_size=recipe.evaluation.batch_size,
+            on_batch=lambda idx, ranked: on_answers(
+                idx, [{"prediction": r.label, "log_likelihoods": list(r.log_likelihoods)} for r in ranked]
+            ),
+        )
+        return
+    stop, prefix = recipe.generation.stop, recipe.output.target_prefix
+    generation.generate(
+        model,
+        tokenizer,
+        prompts,
+        decoding(recipe),
+        batch_size=recipe.evaluation.batch_size,
+        seed=recipe.seed,
+        on_batch=lambda idx, texts: on_answers(
+            idx, [{"completion": t, "prediction": finish_output(t, stop, prefix)} for t in texts]
+        ),
+    )
+
+
+def _run_system(
+    system: System,
+    recipe: Recipe,
+    examples: Sequence[Example],
+    journal: Journal,
+    keys: Sequence[str],
+    model_loader: Callable[[System], tuple[Any, Any]],
+    progress: Progress | None,
+) -> Run:
+    run = Run()
+    pending = [i for i, key in enumerate(keys) if key not in journal.records]
+    done = len(examples) - len(pending)
+    if progress:
+        progress(system.name, done, len(examples))
+    if not pending:
+        return run
+
+    def record(indices: list[int], records: list[dict[str, Any]]) -> None:
+        nonlocal done
+        journal.add(
+            (keys[pending[i]], {"row": examples[pending[i]].row, **r}) for i, r in zip(indices, records, strict=True)
+        )
+        run.fresh += len(records)
+        done += len(records)
+        if progress:
+            progress(system.name, done, len(examples))
+
+    if system.local:
+        started = time.perf_counter()
+        model, tokenizer = model_loader(system)
+        run.load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        answer_local(model, tokenizer, recipe, [examples[i].prompt for i in pending], record)
+        run.seconds = time.perf_counter() - started
+        return run
+
+    assert system.endpoint is not None
+    policy = Policy(**dataclasses.asdict(recipe.evaluation.endpoints))
+    client = Client(system.endpoint, policy, decoding(recipe), api_key(system))
+    stop, prefix = recipe.generation.stop, recipe.output.target_prefix
+    position = {example_index: n for n, example_index in enumerate(pending)}
+
+    def on_answer(index: int, answer: Answer) -> None:
+        run.retries += answer.attempts - 1
+        if answer.text is None:
+            run.errors[index] = answer.error or "failed"
+            return
+        record([position[index]], [{"completion": answer.text, "prediction": finish_output(answer.text, stop, prefix)}])
+
+    started = time.perf_counter()
+    ask_all(client, [(i, examples[i].prompt) for i in pending], on_answer)
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def _error_kind(message: str) -> str:
+    """`HTTP 500: <body>` -> `HTTP 500`; `timeout after 3 s` -> `timeout`."""
+    head = message.split(":", 1)[0]
+    return "timeout" if head.startswith("timeout") else head
+
+
+# --- scoring and output ---------------------------------------------------------------------
+
+
+def check_golds(metric: Metric, subset: EvaluationSet) -> None:
+    """Refuse, before any model runs, gold answers the metric cannot score."""
+    problems = [(ex.row, p) for ex in subset.examples if (p := metric.check_gold(ex.target)) is not None]
+    if problems:
+        shown = "; ".join(f"row {row}: {problem}" for row, problem in problems[:3])
+        raise UserError(
+            f"evaluation.metric {metric.name} cannot score the gold answers of {len(problems)} of "
+            f"{len(subset.examples)} {subset.split} rows ({shown}); fix the data or choose another metric"
+        )
+
+
+def score_system(
+    metric: Metric, examples: Sequence[Example], journal: Journal, keys: Sequence[str], errors: dict[int, str]
+) -> tuple[float, list[dict[str, Any]], int]:
+    """The corpus score, one prediction row per example, and the count of unparseable outputs.
+    An example without an answer (a failed request) scores 0."""
+    rows: list[dict[str, Any]] = []
+    scores: list[Score] = []
+    outputs: list[str] = []
+    unparseable = 0
+    for i, (example, key) in enumerate(zip(examples, keys, strict=True)):
+        record = journal.records.get(key)
+        row: dict[str, Any] = {"row": example.row, "prompt": example.prompt, "gold": example.target}
+        if record is None:
+            score = Score(0.0)
+            outputs.append("")
+            row |= {"prediction": None, "score": 0.0, "error": errors.get(i, "not answered")}
+        else:
+            prediction = str(record["prediction"])
+            score = metric.score(prediction, example.target)
+            outputs.append(prediction)
+            unparseable += not score.parsed
+            row |= {"prediction": prediction, "score": score.value, "parsed": score.parsed}
+            if "log_likelihoods" in record:
+                row["log_likelihoods"] = record["log_likelihoods"]
+        scores.append(score)
+        rows.append(row)
+    return metric.aggregate([e.target for e in examples], outputs, scores), rows, unparseable
+
+
+def default_output_dir(loaded: LoadedRecipe, adapter: Path | None) -> Path:
+    """Inside the run directory when --adapter is one, else evals/<name>-<timestamp>."""
+    from .rundir import new_run_dir_name
+
+    run_dir = find_adapter(adapter)[1] if adapter is not None else None
+    if run_dir is not None:
+        return new_run_dir_name("eval", run_dir)
+    return new_run_dir_name(loaded.name, Path("evals"))
+
+
+def evaluate(
+    loaded: LoadedRecipe,
+    subset: EvaluationSet,
+    systems: Sequence[System],
+    output_dir: Path,
+    *,
+    progress: Progress | None = None,
+    model_loader: Callable[[LoadedRecipe], tuple[Any, Any]] = load_local,
+) -> dict[str, Any]:
+    """Answer, score and write everything; returns the content of eval.json."""
+    recipe = loaded.recipe
+    if not subset.examples:
+        raise UserError(f"the {subset.split} split has no examples to evaluate")
+    name = metric_name(recipe.evaluation.metric, recipe.output.type)
+    metric = build_metric(name, subset.labels or recipe.output.labels)
+    check_golds(metric, subset)
+    for system in systems:
+        api_key(system)  # a missing key fails now, not after the local models ran
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.timezone.utc)
+
+    loaded_model: list[tuple[Any, Any]] = []
+
+    def model_for(system: System) -> tuple[Any, Any]:
+        from . import models
+
+        if not loaded_model:
+            loaded_model.append(model_loader(loaded))
+        model, tokenizer = loaded_model[0]
+        if system.adapter_dir is not None:
+            try:
+                model = models.load_adapter(model, system.adapter_dir)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(
+                    f"--adapter {system.adapter_dir}: it does not fit the base model {recipe.base_model} ({first}); "
+                    "evaluate with the recipe it was trained from (a run directory keeps it as recipe.resolved.yaml)"
+                ) from None
+            loaded_model[0] = (model, tokenizer)
+        return model, tokenizer
+
+    summaries: dict[str, dict[str, Any]] = {}
+    scores: dict[str, dict[str, float]] = {}
+    for system in systems:
+        fp = fingerprint(system, recipe)
+        keys = [_hash([fp, ex.row, ex.prompt]) for ex in subset.examples]
+        journal = Journal(output_dir / ANSWERS_DIR / f"{system.slug}.jsonl")
+        run = _run_system(system, recipe, subset.examples, journal, keys, model_for, progress)
+        value, rows, unparseable = score_system(metric, subset.examples, journal, keys, run.errors)
+        predictions = f"predictions-{system.slug}.jsonl"
+        write_text_atomic(output_dir / predictions, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        scores[system.name] = {name: value}
+        summaries[system.name] = {
+            "kind": system.kind,
+            "description": system.description,
+            "mode": mode_of(system, recipe),
+            "n": len(rows),
+            "answered": len(rows) - len(run.errors),
+            "resumed": len(rows) - len(run.errors) - run.fresh,
+            "failures": len(run.errors),
+            "unparseable": unparseable,
+            "retries": run.retries,
+            "errors": dict(Counter(_error_kind(e) for e in run.errors.values())),
+            "seconds": round(run.seconds, 3),
+            "load_seconds": round(run.load_seconds, 3),
+            "examples_per_second": round(run.fresh / run.seconds, 3) if run.fresh and run.seconds else None,
+            "predictions": predictions,
+        }
+        if system.endpoint is not None:
+            summaries[system.name] |= {
+                "endpoint": system.endpoint.url,
+                "model": system.endpoint.model,
+                "protocol": system.endpoint.protocol,
+                "api_key_env": system.api_key_env,
+            }
+
+    ref = reference_scores(recipe.evaluation.reference_task)
+    result: dict[str, Any] = {
+        "name": loaded.name,
+        "recipe": str(loaded.path),
+        "metric": name,
+        "mode": recipe.evaluation.mode,
+        "n": len(subset.examples),
+        "scores": scores,
+        "failures": {k: v["failures"] for k, v in summaries.items()},
+        "unparseable": {k: v["unparseable"] for k, v in summaries.items()},
+        "systems": summaries,
+        "data": {"split": subset.split, "subset_hash": subset.hash, "rows": len(subset.examples)},
+        "generation": loaded.resolved["generation"],
+        "reference": None,
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 3),
+        "lora_recipes_version": __version__,
+    }
+    if ref is not None:
+        result["reference"] = {
+            "task": ref.task,
+            "metric": ref.metric,
+            "comparable": ref.comparable_with(name),
+            "rows": [[label, value] for label, value in ref.rows()],
+        }
+    write_json_atomic(output_dir / EVAL_FILE, result)
+    write_text_atomic(output_dir / TABLE_FILE, render_table(result))
+    return result
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+class ProgressLine:
+    """`system: answered/total` on stderr: redrawn in place on a terminal; elsewhere printed every
+    `every` seconds and when a system completes, so logs stay short."""
+
+    def __init__(self, stream: Any, every: float = 30.0):
+        self.stream = stream
+        self.every = every
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.last = 0.0
+
+    def __call__(self, system: str, done: int, total: int) -> None:
+        line = f"{system}: {done}/{total}"
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r\033[K" + line + ("\n" if done == total else ""))
+        elif done == total or now - self.last >= self.every:
+            self.stream.write(line + "\n")
+            self.last = now
+        self.stream.flush()
+
+
+def evaluate_recipe(
+    recipe_path: Path,
+    *,
+    overrides: Sequence[str],
+    data_path: str | None,
+    adapter: Path | None,
+    base: bool,
+    endpoints: Sequence[str],
+    models: Sequence[str],
+    chat: bool,
+    api_key_envs: Sequence[str],
+    limit: int | None,
+    output: Path | None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """What `lora-recipes evaluate` does; returns eval.json's content and the output folder."""
+    from .data.pipeline import evaluation_examples
+    from .recipe import load_recipe
+
+    loaded = load_recipe(recipe_path, overrides, data_path)
+    if len(endpoints) != len(models):
+        raise UserError(
+            f"--endpoint is given {len(endpoints)} times and --model {len(models)} times: "
+            "give one --model NAME per --endpoint URL, in the same order"
+        )
+    systems = plan_systems(
+        adapter=adapter,
+        base=base,
+        endpoints=list(zip(endpoints, models, strict=True)),
+        chat=chat,
+        api_key_envs=api_key_envs,
+        base_model=loaded.recipe.base_model,
+    )
+    subset = evaluation_examples(loaded, limit=limit)
+    output_dir = output if output is not None else default_output_dir(loaded, adapter)
+    return evaluate(loaded, subset, systems, output_dir, progress=progress), output_dir
