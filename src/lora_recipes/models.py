@@ -7,7 +7,6 @@ directly.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,15 +17,9 @@ import torch
 
 from .errors import RuntimeFailure, UserError
 from .model_source import ModelSource
+from .paths import cache_root
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cache_root() -> Path:
-    """Where converted models and tokenized data are cached: $LORA_RECIPES_CACHE, else
-    ~/.cache/lora-recipes."""
-    env = os.environ.get("LORA_RECIPES_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lora-recipes"
 
 
 def resolve_device(setting: str) -> str:

@@ -96,18 +96,24 @@ def build_plan(
 ) -> dict[str, Any]:
     """The plan as a JSON-ready mapping. Row and token counts default to the recipe's expectations;
     `train_tokens_per_epoch` counts computed tokens (padding included). `data`, the data
-    pipeline's report, supplies measured counts and is merged in as the plan's data section."""
+    pipeline's report, supplies measured counts where no argument gives them and is merged in as
+    the plan's data section, so `plan --format json` and a run's plan.json have one layout."""
     recipe = loaded.recipe
     t = recipe.trainer
-    if data is not None:
+    if data is not None:  # measured counts; arguments given explicitly (by train) still win
         measured = data["splits"]
-        train_rows = measured["train"]["examples"]
-        validation_rows = measured["validation"]["examples"] if "validation" in measured else 0
-        train_tokens_per_epoch = data["computed_tokens_per_epoch"]
-        validation_tokens = data["validation_tokens"]
-        max_length = data["max_length"]
+        if train_rows is None:
+            train_rows = measured["train"]["examples"]
+        if validation_rows is None:
+            validation_rows = measured["validation"]["examples"] if "validation" in measured else 0
+        if train_tokens_per_epoch is None:
+            train_tokens_per_epoch = data["computed_tokens_per_epoch"]
+        if validation_tokens is None:
+            validation_tokens = data["validation_tokens"]
+        if max_length is None:
+            max_length = data["max_length"]
         tokenizer = data["data"]["tokenizer"]
-        basis = (
+        basis = basis or (
             f"measured: {train_rows:,} training rows at their token lengths after the cut"
             f" (padding for batch size {t.batch_size} included)"
             + (", with APPROXIMATE token counts" if tokenizer["approximate"] else "")

@@ -154,9 +154,8 @@ def train(loaded: LoadedRecipe, options: TrainOptions, *, build_data: DataBuilde
             "processes": world,
             "basis": "measured: the prepared data's rows and computed tokens (batches as trained, padding included)",
         }
-        plan = build_plan(loaded, **measured)
-        plan["data"] = data.report
-        for warning in [*plan["warnings"], *data.report.get("warnings", [])]:
+        plan = build_plan(loaded, data=data.report, **measured)
+        for warning in plan["warnings"]:
             say(f"warning: {warning}")
         name = cost.device_name(device_type)
         price = cost.device_price(device_type, name, recipe.cost)

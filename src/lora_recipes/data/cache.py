@@ -20,14 +20,14 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
+from lora_recipes.paths import cache_root
+
 from .types import TokenizedSplit
 
 FORMAT = "lora-recipes-tokenized-1"
 
 
 def cache_dir() -> Path:
-    from lora_recipes.models import cache_root
-
     return cache_root() / "tokenized"
 
 

@@ -162,7 +162,7 @@ def read_files(paths: list[Path], where: str) -> list[dict[str, Any]]:
         return []
     import datasets
 
-    from lora_recipes.models import cache_root
+    from lora_recipes.paths import cache_root
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
@@ -264,7 +264,7 @@ def load_hub(loaded: LoadedRecipe, local: Path) -> Source:
         )
     import datasets
 
-    from lora_recipes.models import cache_root
+    from lora_recipes.paths import cache_root
 
     datasets.disable_progress_bars()
     try:
