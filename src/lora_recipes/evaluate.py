@@ -244,27 +244,14 @@ def load_local(loaded: LoadedRecipe) -> tuple[Any, Any]:
     """The recipe's base model and tokenizer, loaded as training loads them (same quantization),
     so an adapter is scored on the base it was trained on."""
     from . import models
-    from .model_source import resolve_model_source
+    from .model_source import load_options, recipe_model_source
 
     recipe = loaded.recipe
-    mp, q = recipe.model_parameters, recipe.quantization
+    mp = recipe.model_parameters
     models.quiet_transformers()
-    source = resolve_model_source(
-        recipe.base_model, mp.gguf_file, loaded.local_path(("base_model",), recipe.base_model)
-    )
+    source = recipe_model_source(loaded)
     tokenizer = models.load_tokenizer(source, revision=mp.revision, trust_remote_code=mp.trust_remote_code)
-    model = models.load_base_model(
-        source,
-        revision=mp.revision,
-        trust_remote_code=mp.trust_remote_code,
-        dtype=mp.dtype,
-        bits=q.bits,
-        quant_type=q.bnb_4bit_quant_type,
-        double_quant=q.bnb_4bit_use_double_quant,
-        compute_dtype=q.bnb_4bit_compute_dtype,
-        int8_threshold=q.llm_int8_threshold,
-        device=models.resolve_device(recipe.trainer.device),
-    )
+    model = models.load_base_model(source, **load_options(loaded), device=models.resolve_device(recipe.trainer.device))
     return model, tokenizer
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
+from .recipe import LoadedRecipe
 
 PACKAGE_PREFIX = "package:"
 
@@ -66,3 +68,26 @@ def resolve_model_source(base_model: str, gguf_file: str | None, local_path: Pat
             return ModelSource("local", str(local_path.parent), local_path.name)
         return ModelSource("local", str(local_path), gguf_file)
     return ModelSource("hub", base_model, gguf_file)
+
+
+def recipe_model_source(loaded: LoadedRecipe) -> ModelSource:
+    """The recipe's base model, its path resolved the way `LoadedRecipe.local_path` resolves paths."""
+    recipe = loaded.recipe
+    local = loaded.local_path(("base_model",), recipe.base_model)
+    return resolve_model_source(recipe.base_model, recipe.model_parameters.gguf_file, local)
+
+
+def load_options(loaded: LoadedRecipe) -> dict[str, Any]:
+    """The recipe's loading settings as the flat keyword arguments of `models.load_base_model`, so
+    training, evaluation and prediction load a base model the same way."""
+    m, q = loaded.recipe.model_parameters, loaded.recipe.quantization
+    return {
+        "revision": m.revision,
+        "trust_remote_code": m.trust_remote_code,
+        "dtype": m.dtype,
+        "bits": q.bits,
+        "quant_type": q.bnb_4bit_quant_type,
+        "double_quant": q.bnb_4bit_use_double_quant,
+        "compute_dtype": q.bnb_4bit_compute_dtype,
+        "int8_threshold": q.llm_int8_threshold,
+    }

@@ -17,7 +17,7 @@ from .architectures import Architecture, find_architecture, lora_trainable_param
 from .config import Recipe
 from .errors import UserError
 from .estimate import estimate
-from .model_source import resolve_model_source
+from .model_source import recipe_model_source
 from .recipe import LoadedRecipe
 
 # Target modules LoRAX can serve for Llama/Mistral-style models (its adapter loader skips others).
@@ -55,13 +55,11 @@ def optimizer_steps(
 
 
 def resolve_architecture(loaded: LoadedRecipe) -> Architecture | None:
-    recipe = loaded.recipe
-    local = loaded.local_path(("base_model",), recipe.base_model)
     try:
-        source = resolve_model_source(recipe.base_model, recipe.model_parameters.gguf_file, local)
-    except UserError:
+        source = recipe_model_source(loaded)
+    except UserError:  # e.g. a package: model not installed: plan still counts by name
         source = None
-    return find_architecture(recipe.base_model, source.local_dir if source else None)
+    return find_architecture(loaded.recipe.base_model, source.local_dir if source else None)
 
 
 def max_length_setting(recipe: Recipe) -> str | int:

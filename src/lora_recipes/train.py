@@ -31,7 +31,7 @@ from . import batching, checkpoint, cost, manifest, models, plots, rundir
 from .checkpoint import Progress
 from .data.types import IGNORE_INDEX, PreparedData, TokenizedSplit
 from .errors import LoraRecipesError, RuntimeFailure, UserError
-from .model_source import ModelSource, resolve_model_source
+from .model_source import ModelSource, load_options, recipe_model_source
 from .plan import build_plan, optimizer_steps, resolve_architecture
 from .progress import METRICS, Reporter, read_metrics
 from .recipe import LoadedRecipe
@@ -82,7 +82,7 @@ def train(loaded: LoadedRecipe, options: TrainOptions, *, build_data: DataBuilde
     )
     world, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     say = _Say(is_main, options.stream or sys.stderr)
-    source = model_source(loaded)
+    source = recipe_model_source(loaded)
     _check_cpu_is_enough(loaded, device_type, t.device)
 
     with contextlib.ExitStack() as hold:
@@ -91,7 +91,7 @@ def train(loaded: LoadedRecipe, options: TrainOptions, *, build_data: DataBuilde
 
         # -- model -------------------------------------------------------------------------
         full = recipe.adapter.type == "none"
-        tokenizer, model = _load_model(recipe, source, accelerator)
+        tokenizer, model = _load_model(loaded, source, accelerator)
         summary = models.summarize(model)
         say(f"loaded {recipe.base_model}: {_describe_loading(recipe, device_type, world)}; {summary.describe()}")
         logits_mask = models.supports_logits_mask(model)
@@ -494,12 +494,6 @@ def _validation_tokens(split: TokenizedSplit | None, batch_size: int) -> int:
     )
 
 
-def model_source(loaded: LoadedRecipe) -> ModelSource:
-    recipe = loaded.recipe
-    local = loaded.local_path(("base_model",), recipe.base_model)
-    return resolve_model_source(recipe.base_model, recipe.model_parameters.gguf_file, local)
-
-
 def _check_cpu_is_enough(loaded: LoadedRecipe, device_type: str, setting: str) -> None:
     """No GPU, and the recipe left the device to us: train on the CPU only if the model is small."""
     if device_type != "cpu" or setting == "cpu":
@@ -515,26 +509,16 @@ def _check_cpu_is_enough(loaded: LoadedRecipe, device_type: str, setting: str) -
         )
 
 
-def _load_model(recipe: Any, source: ModelSource, accelerator: Any) -> tuple[Any, Any]:
+def _load_model(loaded: LoadedRecipe, source: ModelSource, accelerator: Any) -> tuple[Any, Any]:
     """Tokenizer and trainable model: the base (quantized per the recipe) prepared for training,
     with fresh LoRA adapters unless the recipe fine-tunes every weight."""
     from accelerate.utils import set_seed
 
+    recipe = loaded.recipe
     m, q, t = recipe.model_parameters, recipe.quantization, recipe.trainer
     with accelerator.main_process_first():  # a GGUF base is converted once, by one process
         tokenizer = models.load_tokenizer(source, revision=m.revision, trust_remote_code=m.trust_remote_code)
-        model = models.load_base_model(
-            source,
-            revision=m.revision,
-            trust_remote_code=m.trust_remote_code,
-            dtype=m.dtype,
-            bits=q.bits,
-            quant_type=q.bnb_4bit_quant_type,
-            double_quant=q.bnb_4bit_use_double_quant,
-            compute_dtype=q.bnb_4bit_compute_dtype,
-            int8_threshold=q.llm_int8_threshold,
-            device=str(accelerator.device),
-        )
+        model = models.load_base_model(source, **load_options(loaded), device=str(accelerator.device))
     model = models.prepare_for_training(
         model, quantized=q.bits is not None, gradient_checkpointing=t.enable_gradient_checkpointing
     )

@@ -23,7 +23,7 @@ from typing import Any
 
 from lora_recipes.config import Recipe
 from lora_recipes.errors import UserError
-from lora_recipes.model_source import ModelSource, resolve_model_source
+from lora_recipes.model_source import ModelSource, recipe_model_source
 from lora_recipes.recipe import LoadedRecipe
 
 from .approx import ApproximateTokenizer
@@ -629,8 +629,7 @@ def plan_tokenizer(loaded: LoadedRecipe) -> Any:
 
     recipe = loaded.recipe
     params = recipe.model_parameters
-    local = loaded.local_path(("base_model",), recipe.base_model)
-    source = resolve_model_source(recipe.base_model, params.gguf_file, local)
+    source = recipe_model_source(loaded)
     revision = params.revision
     if source.kind == "hub":
         reason = hub.unreachable_reason()
