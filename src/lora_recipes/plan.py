@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .architectures import Architecture, find_architecture, lora_trainable_params, unknown_target_modules
-from .config import Recipe
+from .config import Recipe, Trainer
 from .errors import UserError
 from .estimate import estimate
 from .model_source import recipe_model_source
@@ -52,6 +52,20 @@ def optimizer_steps(
     total = min(total, max_train_steps)
     actual_epochs = total / per_epoch if per_epoch else 0.0
     return Steps(micro, per_epoch, total, round(actual_epochs, 4), total // eval_steps)
+
+
+def trainer_steps(trainer: Trainer, *, train_rows: int, processes: int) -> Steps:
+    """`optimizer_steps` with the recipe's trainer settings."""
+    return optimizer_steps(
+        train_rows=train_rows,
+        batch_size=trainer.batch_size,
+        gradient_accumulation_steps=trainer.gradient_accumulation_steps,
+        processes=processes,
+        epochs=trainer.epochs,
+        train_steps=trainer.train_steps,
+        max_train_steps=trainer.max_train_steps,
+        eval_steps=trainer.eval_steps,
+    )
 
 
 def resolve_architecture(loaded: LoadedRecipe) -> Architecture | None:
@@ -154,16 +168,7 @@ def build_plan(
     if arch is None:
         missing.append("the base model's shape (not a known architecture and no local config.json)")
     if rows is not None or t.train_steps is not None:
-        steps = optimizer_steps(
-            train_rows=rows or 0,
-            batch_size=t.batch_size,
-            gradient_accumulation_steps=t.gradient_accumulation_steps,
-            processes=processes,
-            epochs=t.epochs,
-            train_steps=t.train_steps,
-            max_train_steps=t.max_train_steps,
-            eval_steps=t.eval_steps,
-        )
+        steps = trainer_steps(t, train_rows=rows or 0, processes=processes)
         plan["steps"] = {
             "per_epoch": steps.per_epoch,
             "total": steps.total,

@@ -32,7 +32,7 @@ from .checkpoint import Progress
 from .data.types import IGNORE_INDEX, PreparedData, TokenizedSplit
 from .errors import LoraRecipesError, RuntimeFailure, UserError
 from .model_source import ModelSource, load_options, recipe_model_source
-from .plan import build_plan, optimizer_steps, resolve_architecture
+from .plan import build_plan, resolve_architecture, trainer_steps
 from .progress import METRICS, Reporter, read_metrics
 from .recipe import LoadedRecipe
 
@@ -112,16 +112,7 @@ def train(loaded: LoadedRecipe, options: TrainOptions, *, build_data: DataBuilde
             recipe.seed,
             t.group_by_length,
         )
-        steps = optimizer_steps(
-            train_rows=len(data.train),
-            batch_size=t.batch_size,
-            gradient_accumulation_steps=t.gradient_accumulation_steps,
-            processes=world,
-            epochs=t.epochs,
-            train_steps=t.train_steps,
-            max_train_steps=t.max_train_steps,
-            eval_steps=t.eval_steps,
-        )
+        steps = trainer_steps(t, train_rows=len(data.train), processes=world)
         total = steps.total
         eval_batch = t.eval_batch_size or t.batch_size
         eval_batches = (
