@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints-cpu.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: install test lint format demo bench docs clean
+.PHONY: install test lint format demo bench acceptance docs clean
 
 install: $(VENV)/.installed
 
@@ -31,15 +31,30 @@ format: install
 	$(BIN)/ruff check --fix src tests scripts
 	$(BIN)/ruff format src tests scripts
 
+# The main job, offline: SmolLM2-135M-Instruct (4-bit) learns recipes/quickstart.yaml's task on
+# this machine, then base and adapter are scored side by side. A few minutes on a laptop CPU.
+DEMO_RUN := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 demo: install
 	$(BIN)/lora-recipes validate recipes/*.yaml
-	$(BIN)/lora-recipes plan recipes/jigsaw.yaml --no-data
+	$(BIN)/lora-recipes plan recipes/quickstart.yaml
+	$(BIN)/lora-recipes train recipes/quickstart.yaml --run-dir $(DEMO_RUN)
+	$(BIN)/lora-recipes evaluate recipes/quickstart.yaml --adapter $(DEMO_RUN) --base --output $(DEMO_RUN)/eval
+	@echo
+	@cat $(DEMO_RUN)/cost_report.md
+	@echo
+	@cat $(DEMO_RUN)/eval/table.md
 
 bench: install
 	$(BIN)/python scripts/bench_validate.py
+	$(BIN)/python scripts/bench_data.py
+	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_eval.py
+
+acceptance: install
+	$(BIN)/python scripts/acceptance.py
 
 docs: install
 	$(BIN)/python scripts/gen_recipe_reference.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache  # never runs/: it holds trained adapters
