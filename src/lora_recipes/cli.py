@@ -196,14 +196,71 @@ def plan(
 
 
 @app.command()
-def schema() -> None:
-    """Print the recipe JSON Schema (for editors and yaml-language-server).
+def train(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="The recipe file (leave it out with --resume).", show_default=False)
+    ] = None,
+    set_: SetOption = None,
+    data: DataOption = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--run-dir", metavar="DIR", help="Write the run here instead of <output_directory>/<name>-<time>."
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", metavar="RUN_DIR", help="Continue this run from its newest checkpoint."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Empty a non-empty --run-dir first.")] = False,
+    stop_at_step: Annotated[
+        int | None,
+        typer.Option(
+            "--stop-at-step",
+            metavar="N",
+            min=1,
+            help="Write a checkpoint and stop once N optimizer steps are done (continue with --resume).",
+        ),
+    ] = None,
+) -> None:
+    """Fine-tune the recipe's base model (4-bit QLoRA by default) into a new run directory.
 
-    Example: lora-recipes schema > recipe.schema.json
+    The run directory holds the adapter, the resolved recipe, the plan, metrics, a loss plot and a
+    cost report. Ctrl-C writes a checkpoint and exits with code 130; --resume continues.
+    Data parallel: accelerate launch --num_processes N -m lora_recipes train RECIPE
+
+    Example: lora-recipes train recipes/jigsaw.yaml --set trainer.train_steps=20
     """
-    from .schema import schema_text
+    from .cost import summary_line
+    from .train import train_command
 
-    sys.stdout.write(schema_text())
+    try:
+        result = train_command(
+            recipe,
+            set_ or [],
+            data,
+            run_dir=run_dir,
+            resume=resume,
+            overwrite=overwrite,
+            stop_at_step=stop_at_step,
+            command_line=tuple(sys.argv),
+        )
+    except LoraRecipesError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; the newest checkpoint is kept (continue with --resume RUN_DIR)", err=True)
+        raise typer.Exit(130) from None
+    if not result.main_process:  # data parallel: the main process speaks for the run
+        raise typer.Exit(130 if result.interrupted else 0)
+    typer.echo(f"run directory: {result.run_dir}")
+    if result.report is not None:
+        typer.echo(summary_line(result.report))
+    else:
+        typer.echo(
+            f"stopped at step {result.step:,} of {result.total_steps:,}; continue with --resume {result.run_dir}"
+        )
+        if result.interrupted:
+            raise typer.Exit(130)
 
 
 @app.command()
@@ -319,71 +376,14 @@ def predict(
 
 
 @app.command()
-def train(
-    recipe: Annotated[
-        Path | None, typer.Argument(help="The recipe file (leave it out with --resume).", show_default=False)
-    ] = None,
-    set_: SetOption = None,
-    data: DataOption = None,
-    run_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--run-dir", metavar="DIR", help="Write the run here instead of <output_directory>/<name>-<time>."
-        ),
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option("--resume", metavar="RUN_DIR", help="Continue this run from its newest checkpoint."),
-    ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Empty a non-empty --run-dir first.")] = False,
-    stop_at_step: Annotated[
-        int | None,
-        typer.Option(
-            "--stop-at-step",
-            metavar="N",
-            min=1,
-            help="Write a checkpoint and stop once N optimizer steps are done (continue with --resume).",
-        ),
-    ] = None,
-) -> None:
-    """Fine-tune the recipe's base model (4-bit QLoRA by default) into a new run directory.
+def schema() -> None:
+    """Print the recipe JSON Schema (for editors and yaml-language-server).
 
-    The run directory holds the adapter, the resolved recipe, the plan, metrics, a loss plot and a
-    cost report. Ctrl-C writes a checkpoint and exits with code 130; --resume continues.
-    Data parallel: accelerate launch --num_processes N -m lora_recipes train RECIPE
-
-    Example: lora-recipes train recipes/jigsaw.yaml --set trainer.train_steps=20
+    Example: lora-recipes schema > recipe.schema.json
     """
-    from .cost import summary_line
-    from .train import train_command
+    from .schema import schema_text
 
-    try:
-        result = train_command(
-            recipe,
-            set_ or [],
-            data,
-            run_dir=run_dir,
-            resume=resume,
-            overwrite=overwrite,
-            stop_at_step=stop_at_step,
-            command_line=tuple(sys.argv),
-        )
-    except LoraRecipesError as exc:
-        raise fail(exc) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted; the newest checkpoint is kept (continue with --resume RUN_DIR)", err=True)
-        raise typer.Exit(130) from None
-    if not result.main_process:  # data parallel: the main process speaks for the run
-        raise typer.Exit(130 if result.interrupted else 0)
-    typer.echo(f"run directory: {result.run_dir}")
-    if result.report is not None:
-        typer.echo(summary_line(result.report))
-    else:
-        typer.echo(
-            f"stopped at step {result.step:,} of {result.total_steps:,}; continue with --resume {result.run_dir}"
-        )
-        if result.interrupted:
-            raise typer.Exit(130)
+    sys.stdout.write(schema_text())
 
 
 def run() -> None:
