@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 from .errors import UserError
 from .recipe import LoadedRecipe
+from .rundir import atomic_open
 
 CHUNK_BATCHES = 8  # batches read ahead: enough to sort by length, little to hold
 
@@ -53,7 +52,7 @@ def predict(
     model: Any,
     tokenizer: Any,
     rows: Iterable[tuple[int, dict[str, Any]]],
-    out: TextIO,
+    out: IO[str],
     source: str,
     prompter: Callable[[Mapping[str, Any]], str],
 ) -> int:
@@ -113,17 +112,5 @@ def predict_recipe(
         rows = read_rows(lines, source)
         if output_path == "-":
             return predict(loaded, model, tokenizer, rows, sys.stdout, source, prompter)
-        target = Path(output_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                written = predict(loaded, model, tokenizer, rows, out, source, prompter)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return written
+        with atomic_open(Path(output_path)) as out:
+            return predict(loaded, model, tokenizer, rows, out, source, prompter)
