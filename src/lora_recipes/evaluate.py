@@ -33,7 +33,7 @@ from .data.types import EvaluationSet, Example
 from .endpoints import Answer, Client, Endpoint, Policy, ask_all
 from .endpoints import endpoint as make_endpoint
 from .errors import UserError
-from .generation import Decoding, finish_output
+from .generation import finish_output
 from .metrics import Metric, Score, build_metric, metric_name
 from .recipe import LoadedRecipe
 from .reference import reference_scores
@@ -235,11 +235,6 @@ class Run:
     errors: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
-def decoding(recipe: Recipe) -> Decoding:
-    g = recipe.generation
-    return Decoding(g.max_new_tokens, g.temperature, g.top_p, g.stop)
-
-
 def load_local(loaded: LoadedRecipe) -> tuple[Any, Any]:
     """The recipe's base model and tokenizer, loaded as training loads them (same quantization),
     so an adapter is scored on the base it was trained on."""
@@ -283,7 +278,7 @@ def answer_local(
         model,
         tokenizer,
         prompts,
-        decoding(recipe),
+        recipe.generation,
         batch_size=recipe.evaluation.batch_size,
         seed=recipe.seed,
         on_batch=lambda idx, texts: on_answers(
@@ -330,7 +325,7 @@ def _run_system(
 
     assert system.endpoint is not None
     policy = Policy(**dataclasses.asdict(recipe.evaluation.endpoints))
-    client = Client(system.endpoint, policy, decoding(recipe), api_key(system))
+    client = Client(system.endpoint, policy, recipe.generation, api_key(system))
     stop, prefix = recipe.generation.stop, recipe.output.target_prefix
     position = {example_index: n for n, example_index in enumerate(pending)}
 

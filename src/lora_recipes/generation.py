@@ -14,19 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .config import Generation
 from .data.tokens import encode
 
 OnBatch = Callable[[list[int], list[Any]], None]
 
 
-@dataclass(frozen=True)
-class Decoding:
-    """The recipe's `generation` section as generate() needs it."""
-
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    stop: tuple[str, ...]
+# Decoding settings are the recipe's `generation` section as it stands (a flat, frozen value).
+Decoding = Generation
 
 
 def finish_output(text: str, stop: Sequence[str], target_prefix: str) -> str:
