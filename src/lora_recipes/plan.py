@@ -76,10 +76,6 @@ def resolve_architecture(loaded: LoadedRecipe) -> Architecture | None:
     return find_architecture(loaded.recipe.base_model, source.local_dir if source else None)
 
 
-def max_length_setting(recipe: Recipe) -> str | int:
-    return recipe.preprocessing.global_max_sequence_length
-
-
 def adapter_warnings(recipe: Recipe, arch: Architecture | None) -> list[str]:
     warnings: list[str] = []
     targets = recipe.adapter.target_modules
@@ -134,7 +130,7 @@ def build_plan(
     expected = recipe.data.expected_rows
     rows = train_rows if train_rows is not None else expected.train
     val_rows = validation_rows if validation_rows is not None else expected.validation
-    setting = max_length_setting(recipe)
+    setting = recipe.preprocessing.global_max_sequence_length
     length = (
         max_length if max_length is not None else (setting if isinstance(setting, int) else recipe.data.expected_tokens)
     )
