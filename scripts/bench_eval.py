@@ -60,11 +60,11 @@ def main() -> None:
 
     import torch
 
-    from lora_recipes import models
     from lora_recipes.data.pipeline import evaluation_examples
-    from lora_recipes.evaluate import answer_local, load_local
-    from lora_recipes.generation import encode_prompts
-    from lora_recipes.recipe import load_recipe
+    from lora_recipes.evaluation.evaluate import answer_local, load_local
+    from lora_recipes.evaluation.generation import encode_prompts
+    from lora_recipes.model import loading as models
+    from lora_recipes.recipe.loader import load_recipe
 
     with tempfile.TemporaryDirectory() as tmp:
         data = SHARED_SST2 if SHARED_SST2.is_dir() else generated_sst2(Path(tmp), args.examples)

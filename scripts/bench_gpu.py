@@ -4,7 +4,7 @@ that pads each batch, random order).
 
 Nothing is downloaded: the model is built from Mistral-7B-v0.1's public configuration with random
 bfloat16 weights directly on the GPU, saved once as a normal model folder, and loaded back by both
-sides through lora_recipes.models.load_base_model (4-bit NF4, double quantization, bfloat16
+sides through lora_recipes.model.loading.load_base_model (4-bit NF4, double quantization, bfloat16
 compute: the real QLoRA path). The rows are synthetic token ids with a long-tailed length (median
 about 150 tokens, cut at 600) and a short answer, like LoRA Land's classification tasks.
 
@@ -61,7 +61,7 @@ def build_random_model(folder: Path, layers: int) -> None:
     import torch
     from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
-    from lora_recipes.tiny import make_tokenizer
+    from lora_recipes.model.tiny import make_tokenizer
 
     config = MistralConfig(**{**MISTRAL_7B, "num_hidden_layers": layers}, pad_token_id=PAD_ID)
     torch.manual_seed(0)
@@ -156,9 +156,9 @@ def main() -> int:
         return 0
     os.environ.setdefault("LORA_RECIPES_CACHE", str(Path(tempfile.gettempdir()) / "lora-recipes-bench-cache"))
     from bench_train import hf_trainer, ours
-    from lora_recipes import models
-    from lora_recipes.recipe import load_recipe
-    from lora_recipes.train import model_source
+    from lora_recipes.model import loading as models
+    from lora_recipes.recipe.loader import load_recipe
+    from lora_recipes.training.train import model_source
 
     models.quiet_transformers()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-gpu-"))

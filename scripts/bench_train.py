@@ -57,8 +57,8 @@ def hf_trainer(
     import torch
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-    from lora_recipes import models
-    from lora_recipes.train import model_source
+    from lora_recipes.model import loading as models
+    from lora_recipes.training.train import model_source
 
     recipe = loaded.recipe
     t, q, a = recipe.trainer, recipe.quantization, recipe.adapter
@@ -156,7 +156,7 @@ def hf_trainer(
 
 def ours(loaded: Any, workdir: Path, build_data: Any = None) -> list[Step]:
     """`lora-recipes train` in this process; its metrics.jsonl has every step's tokens and time."""
-    from lora_recipes.train import TrainOptions, train
+    from lora_recipes.training.train import TrainOptions, train
 
     result = train(loaded, TrainOptions(run_dir=workdir / "run", stream=io.StringIO()), build_data=build_data)
     assert result.report is not None
@@ -210,11 +210,11 @@ def main() -> int:
         return 0
     os.environ.setdefault("LORA_RECIPES_CACHE", str(Path(tempfile.gettempdir()) / "lora-recipes-bench-cache"))
 
-    from lora_recipes import models
     from lora_recipes.data.pipeline import prepare_training_data
-    from lora_recipes.recipe import load_recipe
-    from lora_recipes.tiny import make_tiny_model
-    from lora_recipes.train import model_source
+    from lora_recipes.model import loading as models
+    from lora_recipes.model.tiny import make_tiny_model
+    from lora_recipes.recipe.loader import load_recipe
+    from lora_recipes.training.train import model_source
 
     models.quiet_transformers()
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))

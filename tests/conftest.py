@@ -23,7 +23,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Mistral with a byte-level BPE tokenizer, built once per session."""
-    from lora_recipes.tiny import make_tiny_model
+    from lora_recipes.model.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-mistral"))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from lora_recipes.recipe import LoadedRecipe, load_recipe
+from lora_recipes.recipe.loader import LoadedRecipe, load_recipe
 
 SENTIMENT_TEMPLATE = "Review: {text}\nSentiment:"
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from conftest import shared_task_data
 from lora_recipes.cli import app
 from lora_recipes.data.pipeline import compile_data, evaluation_examples
-from lora_recipes.recipe import load_recipe
+from lora_recipes.recipe.loader import load_recipe
 
 pytestmark = pytest.mark.shared_data
 FIXTURES = Path(__file__).parent / "fixtures" / "data"

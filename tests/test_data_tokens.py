@@ -27,12 +27,12 @@ from lora_recipes.data.tokens import (
     tokenizer_identity,
 )
 from lora_recipes.data.types import IGNORE_INDEX
-from lora_recipes.model_source import ModelSource
+from lora_recipes.model.source import ModelSource
 
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tiny_model_dir: Path):
-    from lora_recipes.models import load_tokenizer
+    from lora_recipes.model.loading import load_tokenizer
 
     return load_tokenizer(ModelSource("local", str(tiny_model_dir), None))
 
@@ -187,7 +187,7 @@ def test_a_damaged_cache_file_is_ignored_and_rewritten(tmp_path: Path, tiny_toke
 
 
 def test_tokenizer_identity_ignores_where_it_was_loaded_from(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from lora_recipes.models import load_tokenizer
+    from lora_recipes.model.loading import load_tokenizer
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
@@ -198,7 +198,7 @@ def test_tokenizer_identity_ignores_where_it_was_loaded_from(tmp_path: Path, tin
 
 
 def test_direct_encoding_matches_the_tokenizer_and_steps_aside_for_truncation(tiny_model_dir: Path) -> None:
-    from lora_recipes.models import load_tokenizer
+    from lora_recipes.model.loading import load_tokenizer
 
     texts = ["Review: the movie was great\nSentiment:", " positive", "a dull , lifeless film"]
     tokenizer = load_tokenizer(ModelSource("local", str(tiny_model_dir), None))

@@ -211,7 +211,7 @@ def test_adapter_base_and_endpoints_make_one_table(trained: tuple[Path, Path], t
 
 @pytest.mark.slow
 def test_an_adapter_of_another_base_model_is_a_user_error(trained: tuple[Path, Path], tmp_path: Path) -> None:
-    from lora_recipes.tiny import make_tiny_model
+    from lora_recipes.model.tiny import make_tiny_model
 
     recipe, run_dir = trained
     other = make_tiny_model(tmp_path / "wider", hidden_size=96)

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from lora_recipes.data.types import EvaluationSet, Example
-from lora_recipes.endpoints import Client, Policy, ask_all, endpoint
 from lora_recipes.errors import UserError
-from lora_recipes.evaluate import System, evaluate, plan_systems
-from lora_recipes.generation import Decoding
-from lora_recipes.recipe import LoadedRecipe, load_recipe
+from lora_recipes.evaluation.endpoints import Client, Policy, ask_all, endpoint
+from lora_recipes.evaluation.evaluate import System, evaluate, plan_systems
+from lora_recipes.evaluation.generation import Decoding
+from lora_recipes.recipe.loader import LoadedRecipe, load_recipe
 
 SECRET = "sk-test-DO-NOT-LEAK-4f1c9a"
 # Generous, so that a busy machine never makes an ordinary answer look like a timeout.

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from lora_recipes import models
-from lora_recipes.generation import (
+from lora_recipes.evaluation.generation import (
     Decoding,
     _left_pad,
     encode_answers,
@@ -20,7 +19,8 @@ from lora_recipes.generation import (
     label_continuations,
     rank,
 )
-from lora_recipes.model_source import ModelSource
+from lora_recipes.model import loading as models
+from lora_recipes.model.source import ModelSource
 
 PROMPTS = [
     "the movie was",

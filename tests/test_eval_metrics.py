@@ -8,9 +8,9 @@ import json
 import pytest
 
 from conftest import shared_task_data
-from lora_recipes.metrics import METRICS, Score, build_metric, metric_name
-from lora_recipes.schema import load_schema
-from lora_recipes.validation import LABEL_METRICS
+from lora_recipes.evaluation.metrics import METRICS, Score, build_metric, metric_name
+from lora_recipes.recipe.checks import LABEL_METRICS
+from lora_recipes.recipe.schema import load_schema
 
 
 def corpus(name: str, pairs: list[tuple[str, str]], labels: tuple[str, ...] = ()) -> tuple[float, list[Score]]:

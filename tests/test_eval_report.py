@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from conftest import SHARED_DATA
-from lora_recipes import evaluate as ev
 from lora_recipes.data.types import EvaluationSet, Example
-from lora_recipes.recipe import load_recipe
-from lora_recipes.reference import TABLE_FILE, reference_scores, reference_table
-from lora_recipes.report import render_table
-from lora_recipes.schema import load_schema
+from lora_recipes.evaluation import evaluate as ev
+from lora_recipes.evaluation.reference import TABLE_FILE, reference_scores, reference_table
+from lora_recipes.evaluation.table import render_table
+from lora_recipes.recipe.loader import load_recipe
+from lora_recipes.recipe.schema import load_schema
 
 
 def test_every_reference_task_of_the_schema_has_published_numbers() -> None:
@@ -40,7 +40,7 @@ def test_the_shipped_table_matches_the_shared_copy() -> None:
     shared = SHARED_DATA.parent / "reference" / TABLE_FILE
     if not shared.is_file():
         pytest.skip(f"{shared} is not available")
-    shipped = resources.files("lora_recipes").joinpath(TABLE_FILE).read_text(encoding="utf-8")
+    shipped = resources.files("lora_recipes.evaluation").joinpath(TABLE_FILE).read_text(encoding="utf-8")
     assert shipped == shared.read_text(encoding="utf-8")
 
 

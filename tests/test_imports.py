@@ -39,7 +39,7 @@ def test_plan_without_data_imports_nothing_heavy() -> None:
 def test_probe_detects_heavy_imports() -> None:
     """The probe itself must be able to fail: importing models.py pulls in torch."""
     code = PROBE.format(heavy=set(HEAVY)).replace(
-        "from lora_recipes.cli import app", "from lora_recipes.cli import app\nimport lora_recipes.models"
+        "from lora_recipes.cli import app", "from lora_recipes.cli import app\nimport lora_recipes.model.loading"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, "--version"], capture_output=True, text=True, check=True, cwd=ROOT

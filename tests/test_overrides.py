@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lora_recipes.errors import RecipeInvalid
-from lora_recipes.recipe import load_recipe
+from lora_recipes.recipe.loader import load_recipe
 
 RECIPE = """\
 version: 1

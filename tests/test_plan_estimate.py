@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lora_recipes.architectures import KNOWN, find_architecture, from_config, lora_trainable_params
-from lora_recipes.estimate import GPUS, estimate, match_gpu
-from lora_recipes.plan import optimizer_steps
+from lora_recipes.model.architectures import KNOWN, find_architecture, from_config, lora_trainable_params
+from lora_recipes.planning.estimate import GPUS, estimate, match_gpu
+from lora_recipes.planning.plan import optimizer_steps
 
 
 def test_known_parameter_counts_match_published_models() -> None:

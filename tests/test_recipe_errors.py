@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lora_recipes.errors import RecipeInvalid, UserError
-from lora_recipes.recipe import load_recipe
+from lora_recipes.recipe.loader import load_recipe
 
 FIXTURES = Path(__file__).parent / "fixtures" / "invalid"
 

@@ -16,10 +16,10 @@ from lora_recipes.cli import app
 from lora_recipes.data.pipeline import check_columns, derive_columns, fixed_examples, targets_of
 from lora_recipes.data.prompts import PromptCompiler
 from lora_recipes.data.sources import SourceSplit
-from lora_recipes.recipe import LoadedRecipe, load_recipe
-from lora_recipes.schema import load_schema, subschema
-from lora_recipes.template import parse_template, render_value
-from lora_recipes.yamlio import parse_yaml
+from lora_recipes.recipe.loader import LoadedRecipe, load_recipe
+from lora_recipes.recipe.schema import load_schema, subschema
+from lora_recipes.recipe.template import parse_template, render_value
+from lora_recipes.recipe.yamlio import parse_yaml
 
 TASKS = sorted(t for t in load_schema()["properties"]["evaluation"]["properties"]["reference_task"]["enum"] if t)
 SCHEMA_COMMENT = "# yaml-language-server: $schema=../schemas/recipe.schema.json"

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from lora_recipes.config import dataclass_tree
-from lora_recipes.schema import fill_defaults, load_schema
+from lora_recipes.recipe.schema import fill_defaults, load_schema
+from lora_recipes.recipe.types import dataclass_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def test_typed_config_mirrors_the_schema() -> None:
 def test_no_defaults_in_config_dataclasses() -> None:
     import dataclasses
 
-    import lora_recipes.config as config
+    import lora_recipes.recipe.types as config
 
     with_defaults = [
         f"{cls.__name__}.{f.name}"

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from lora_recipes import batching
 from lora_recipes.data.types import IGNORE_INDEX, TokenizedSplit
-from lora_recipes.plan import optimizer_steps
-from lora_recipes.train import lr_factor
+from lora_recipes.planning.plan import optimizer_steps
+from lora_recipes.training import batching
+from lora_recipes.training.train import lr_factor
 
 
 def long_tailed_lengths(n: int, seed: int = 0) -> list[int]:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lora_recipes import rundir
-from lora_recipes.checkpoint import checkpoint_dir, latest_checkpoint
 from lora_recipes.cli import app
+from lora_recipes.training import run_dir as rundir
+from lora_recipes.training.checkpoint import checkpoint_dir, latest_checkpoint
 from test_train_support import (
     RECIPE,
     adapter_tensors,

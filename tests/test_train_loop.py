@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_recipes import models, rundir
-from lora_recipes.checkpoint import checkpoint_dir
-from lora_recipes.model_source import ModelSource
-from lora_recipes.recipe import load_recipe
-from lora_recipes.rundir import RESOLVED_RECIPE, load_run_recipe
-from lora_recipes.train import TrainOptions, TrainResult, train
+from lora_recipes.model import loading as models
+from lora_recipes.model.source import ModelSource
+from lora_recipes.recipe.loader import load_recipe
+from lora_recipes.training import run_dir as rundir
+from lora_recipes.training.checkpoint import checkpoint_dir
+from lora_recipes.training.run_dir import RESOLVED_RECIPE, load_run_recipe
+from lora_recipes.training.train import TrainOptions, TrainResult, train
 from test_train_support import (
     RECIPE,
     adapter_tensors,
@@ -260,8 +261,8 @@ def test_full_fine_tuning_saves_a_model_folder(tiny_model_dir: Path, reviews: Pa
 def test_out_of_memory_names_the_knobs(
     tiny_model_dir: Path, reviews: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lora_recipes import train as train_module
     from lora_recipes.errors import RuntimeFailure
+    from lora_recipes.training import train as train_module
 
     def no_memory(*args: object, **kwargs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

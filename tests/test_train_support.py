@@ -9,8 +9,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from lora_recipes.recipe import LoadedRecipe, load_recipe
-from lora_recipes.train import TrainOptions, TrainResult, train
+from lora_recipes.recipe.loader import LoadedRecipe, load_recipe
+from lora_recipes.training.train import TrainOptions, TrainResult, train
 
 RECIPE = Path(__file__).parent / "fixtures" / "train" / "tiny_sentiment.yaml"
 WORDS = ("the", "movie", "was", "great", "and", "acting", "wonderful", "a", "dull", "lifeless", "film")

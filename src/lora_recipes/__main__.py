@@ -1,3 +1,3 @@
-from .cli import run
+from lora_recipes.cli import run
 
 run()

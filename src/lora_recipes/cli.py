@@ -16,8 +16,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from . import __version__
-from .errors import LoraRecipesError, RecipeInvalid
+from lora_recipes import __version__
+from lora_recipes.errors import LoraRecipesError, RecipeInvalid
 
 app = typer.Typer(
     name="lora-recipes",
@@ -92,7 +92,7 @@ def validate(
 
     Example: lora-recipes validate recipes/*.yaml
     """
-    from .recipe import load_recipe
+    from lora_recipes.recipe.loader import load_recipe
 
     results: list[dict[str, Any]] = []
     for file in files:
@@ -171,9 +171,9 @@ def plan(
     """
     import yaml
 
-    from .errors import UserError
-    from .plan import build_plan, render_plan_text
-    from .recipe import load_recipe
+    from lora_recipes.errors import UserError
+    from lora_recipes.planning.plan import build_plan, render_plan_text
+    from lora_recipes.recipe.loader import load_recipe
 
     try:
         if no_data and data is not None:
@@ -182,7 +182,7 @@ def plan(
         if no_data:
             result = build_plan(loaded)
         else:
-            from .data.pipeline import plan_data
+            from lora_recipes.data.pipeline import plan_data
 
             result = build_plan(loaded, data=plan_data(loaded))
     except LoraRecipesError as exc:
@@ -231,8 +231,8 @@ def train(
 
     Example: lora-recipes train recipes/jigsaw.yaml --set trainer.train_steps=20
     """
-    from .cost import summary_line
-    from .train import train_command
+    from lora_recipes.planning.cost import summary_line
+    from lora_recipes.training.train import train_command
 
     try:
         result = train_command(
@@ -317,8 +317,8 @@ def evaluate(
 
     Example: lora-recipes evaluate recipes/glue_sst2.yaml --adapter runs/glue_sst2-20250101-120000 --base
     """
-    from .evaluate import ProgressLine, evaluate_recipe
-    from .report import render_table
+    from lora_recipes.evaluation.evaluate import ProgressLine, evaluate_recipe
+    from lora_recipes.evaluation.table import render_table
 
     try:
         result, output_dir = evaluate_recipe(
@@ -363,7 +363,7 @@ def predict(
 
     Example: lora-recipes predict recipes/glue_sst2.yaml --adapter runs/glue_sst2-20250101-120000 < rows.jsonl
     """
-    from .predict import predict_recipe
+    from lora_recipes.evaluation.predict import predict_recipe
 
     try:
         written = predict_recipe(
@@ -381,7 +381,7 @@ def schema() -> None:
 
     Example: lora-recipes schema > recipe.schema.json
     """
-    from .schema import schema_text
+    from lora_recipes.recipe.schema import schema_text
 
     sys.stdout.write(schema_text())
 

@@ -20,9 +20,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
+from lora_recipes.data.types import TokenizedSplit
 from lora_recipes.paths import cache_root
-
-from .types import TokenizedSplit
 
 FORMAT = "lora-recipes-tokenized-1"
 

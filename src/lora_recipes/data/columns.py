@@ -11,8 +11,8 @@ import string
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lora_recipes.config import ColumnSpec
-from lora_recipes.template import render_value
+from lora_recipes.recipe.template import render_value
+from lora_recipes.recipe.types import ColumnSpec
 
 
 class ColumnProblem(ValueError):

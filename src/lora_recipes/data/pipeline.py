@@ -21,19 +21,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lora_recipes.config import Recipe
-from lora_recipes.errors import UserError
-from lora_recipes.model_source import ModelSource, recipe_model_source
-from lora_recipes.recipe import LoadedRecipe
-
-from .approx import ApproximateTokenizer
-from .columns import OPS as COLUMN_OPS
-from .columns import ColumnProblem, columns_read, has_field, spec_problem
-from .problems import did_you_mean, listing, recipe_error, recipe_location, row_error
-from .prompts import PromptCompiler, UnknownLabel, target_text
-from .sources import Source, SourceSplit, load_source
-from .splits import SPLIT_NAMES, cap, carve, row_hash, split_code, split_hash
-from .tokens import (
+from lora_recipes.data.approx import ApproximateTokenizer
+from lora_recipes.data.columns import OPS as COLUMN_OPS
+from lora_recipes.data.columns import ColumnProblem, columns_read, has_field, spec_problem
+from lora_recipes.data.problems import did_you_mean, listing, recipe_error, recipe_location, row_error
+from lora_recipes.data.prompts import PromptCompiler, UnknownLabel, target_text
+from lora_recipes.data.sources import Source, SourceSplit, load_source
+from lora_recipes.data.splits import SPLIT_NAMES, cap, carve, row_hash, split_code, split_hash
+from lora_recipes.data.tokens import (
     computed_tokens,
     cut_split,
     encode,
@@ -43,7 +38,11 @@ from .tokens import (
     tokenizer_identity,
     tokenizer_name,
 )
-from .types import EvaluationSet, Example, PreparedData, TokenizedSplit
+from lora_recipes.data.types import EvaluationSet, Example, PreparedData, TokenizedSplit
+from lora_recipes.errors import UserError
+from lora_recipes.model.source import ModelSource, recipe_model_source
+from lora_recipes.recipe.loader import LoadedRecipe
+from lora_recipes.recipe.types import Recipe
 
 # Bump when a change here or in tokens.py changes what a cached tokenization would hold.
 PIPELINE_VERSION = 1
@@ -489,7 +488,7 @@ def cache_key(compiled: CompiledData, tokenizer: Any, setting: str | int) -> str
 
 
 def tokenize_compiled(loaded: LoadedRecipe, compiled: CompiledData, tokenizer: Any) -> PreparedData:
-    from . import cache
+    from lora_recipes.data import cache
 
     recipe = loaded.recipe
     setting = recipe.preprocessing.global_max_sequence_length
@@ -625,7 +624,7 @@ def data_report(
 def plan_tokenizer(loaded: LoadedRecipe) -> Any:
     """The base model's tokenizer; when it lives on a hub that cannot be reached and is not in
     the local hub cache (or the hub refuses it), an `ApproximateTokenizer` that says why."""
-    from . import hub
+    from lora_recipes.data import hub
 
     recipe = loaded.recipe
     params = recipe.model_parameters
@@ -643,7 +642,7 @@ def plan_tokenizer(loaded: LoadedRecipe) -> Any:
                     f"reached: {reason}; and it is not in the local hub cache)",
                 )
             source, revision = ModelSource("local", str(cached), source.gguf_file), None
-    from lora_recipes.models import load_tokenizer
+    from lora_recipes.model.loading import load_tokenizer
 
     try:
         return load_tokenizer(source, revision=revision, trust_remote_code=params.trust_remote_code)

@@ -33,8 +33,8 @@ import difflib
 from collections.abc import Iterable
 
 from lora_recipes.errors import Issue, Location, UserError
-from lora_recipes.recipe import LoadedRecipe, read_recipe_text
-from lora_recipes.yamlio import Path, dotted, parse_yaml
+from lora_recipes.recipe.loader import LoadedRecipe, read_recipe_text
+from lora_recipes.recipe.yamlio import Path, dotted, parse_yaml
 
 
 def recipe_location(loaded: LoadedRecipe, path: Path) -> Location:

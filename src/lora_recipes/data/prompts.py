@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lora_recipes.config import Output, Prompt
-from lora_recipes.template import Template, parse_template, render_value
+from lora_recipes.recipe.template import Template, parse_template, render_value
+from lora_recipes.recipe.types import Output, Prompt
 
 
 class UnknownLabel(ValueError):

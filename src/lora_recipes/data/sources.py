@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lora_recipes.data import hub
+from lora_recipes.data.problems import listing, recipe_error
 from lora_recipes.errors import UserError
-from lora_recipes.recipe import LoadedRecipe
-
-from . import hub
-from .problems import listing, recipe_error
+from lora_recipes.recipe.loader import LoadedRecipe
 
 BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TEXT_FORMATS = {".csv", ".jsonl", ".json"}

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .types import TokenizedSplit
+from lora_recipes.data.types import TokenizedSplit
 
 PERCENTILES = (50, 95, 99)
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import UserError
-from .model_source import PACKAGE_PREFIX
-from .recipe import LoadedRecipe, load_recipe
+from lora_recipes.errors import UserError
+from lora_recipes.model.source import PACKAGE_PREFIX
+from lora_recipes.recipe.loader import LoadedRecipe, load_recipe
 
 LOCK_FILE = ".lock"
 RESOLVED_RECIPE = "recipe.resolved.yaml"

@@ -18,8 +18,8 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Cost
-from .estimate import GPUS, match_gpu
+from lora_recipes.planning.estimate import GPUS, match_gpu
+from lora_recipes.recipe.types import Cost
 
 
 @dataclass(frozen=True)

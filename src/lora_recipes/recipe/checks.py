@@ -13,10 +13,10 @@ from typing import Any
 
 from jsonschema.exceptions import ValidationError
 
-from .errors import Issue, Location
-from .schema import fill_defaults, subschema, validator
-from .template import TemplateError, parse_template
-from .yamlio import Path, dotted
+from lora_recipes.errors import Issue, Location
+from lora_recipes.recipe.schema import fill_defaults, subschema, validator
+from lora_recipes.recipe.template import TemplateError, parse_template
+from lora_recipes.recipe.yamlio import Path, dotted
 
 Locate = Callable[[Path, bool], Location]
 

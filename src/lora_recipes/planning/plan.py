@@ -13,12 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .architectures import Architecture, find_architecture, lora_trainable_params, unknown_target_modules
-from .config import Recipe, Trainer
-from .errors import UserError
-from .estimate import estimate
-from .model_source import recipe_model_source
-from .recipe import LoadedRecipe
+from lora_recipes.errors import UserError
+from lora_recipes.model.architectures import (
+    Architecture,
+    find_architecture,
+    lora_trainable_params,
+    unknown_target_modules,
+)
+from lora_recipes.model.source import recipe_model_source
+from lora_recipes.planning.estimate import estimate
+from lora_recipes.recipe.loader import LoadedRecipe
+from lora_recipes.recipe.types import Recipe, Trainer
 
 # Target modules LoRAX can serve for Llama/Mistral-style models (its adapter loader skips others).
 LORAX_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"}

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from .errors import RuntimeFailure, UserError
-from .model_source import ModelSource
-from .paths import cache_root
+from lora_recipes.errors import RuntimeFailure, UserError
+from lora_recipes.model.source import ModelSource
+from lora_recipes.paths import cache_root
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

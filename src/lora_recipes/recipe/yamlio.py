@@ -21,7 +21,7 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
-from .errors import Issue, Location, RecipeInvalid
+from lora_recipes.errors import Issue, Location, RecipeInvalid
 
 Path = tuple[str | int, ...]
 

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from .data.types import IGNORE_INDEX, TokenizedSplit
+from lora_recipes.data.types import IGNORE_INDEX, TokenizedSplit
 
 POOL_BATCHES = 64
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .recipe import LoadedRecipe
+from lora_recipes.errors import UserError
+from lora_recipes.recipe.loader import LoadedRecipe
 
 PACKAGE_PREFIX = "package:"
 

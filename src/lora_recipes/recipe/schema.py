@@ -19,7 +19,7 @@ SCHEMA_FILE = "recipe.schema.json"
 
 @functools.cache
 def schema_text() -> str:
-    return resources.files("lora_recipes").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    return resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from .rundir import write_text_atomic
+from lora_recipes.training.run_dir import write_text_atomic
 
 METRICS = "metrics.jsonl"
 LOG_EVERY_SECONDS = 30.0

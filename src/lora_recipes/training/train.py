@@ -27,14 +27,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import batching, checkpoint, cost, manifest, models, plots, rundir
-from .checkpoint import Progress
-from .data.types import IGNORE_INDEX, PreparedData, TokenizedSplit
-from .errors import LoraRecipesError, RuntimeFailure, UserError
-from .model_source import ModelSource, load_options, recipe_model_source
-from .plan import build_plan, resolve_architecture, trainer_steps
-from .progress import METRICS, Reporter, read_metrics
-from .recipe import LoadedRecipe
+from lora_recipes.data.types import IGNORE_INDEX, PreparedData, TokenizedSplit
+from lora_recipes.errors import LoraRecipesError, RuntimeFailure, UserError
+from lora_recipes.model import loading as models
+from lora_recipes.model.source import ModelSource, load_options, recipe_model_source
+from lora_recipes.planning import cost
+from lora_recipes.planning.plan import build_plan, resolve_architecture, trainer_steps
+from lora_recipes.recipe.loader import LoadedRecipe
+from lora_recipes.training import batching, checkpoint, manifest, plots
+from lora_recipes.training import run_dir as rundir
+from lora_recipes.training.checkpoint import Progress
+from lora_recipes.training.metrics_log import METRICS, Reporter, read_metrics
 
 # 4-bit training on a CPU is practical for small models only; above this, ask for a GPU.
 CPU_MAX_PARAMS = 2_000_000_000
@@ -472,7 +475,7 @@ class _Say:
 
 
 def _pipeline(loaded: LoadedRecipe, tokenizer: Any) -> PreparedData:
-    from .data.pipeline import prepare_training_data
+    from lora_recipes.data.pipeline import prepare_training_data
 
     return prepare_training_data(loaded, tokenizer)
 
@@ -678,7 +681,7 @@ def train_command(
     command_line: tuple[str, ...],
 ) -> TrainResult:
     """What `lora-recipes train` does once its options are parsed."""
-    from .recipe import load_recipe
+    from lora_recipes.recipe.loader import load_recipe
 
     if resume is not None:
         extra = [

@@ -27,18 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import Recipe
-from .data.types import EvaluationSet, Example
-from .endpoints import Answer, Client, Endpoint, Policy, ask_all
-from .endpoints import endpoint as make_endpoint
-from .errors import UserError
-from .generation import finish_output
-from .metrics import Metric, Score, build_metric, metric_name
-from .recipe import LoadedRecipe
-from .reference import reference_scores
-from .report import render_table
-from .rundir import write_json_atomic, write_text_atomic
+from lora_recipes import __version__
+from lora_recipes.data.types import EvaluationSet, Example
+from lora_recipes.errors import UserError
+from lora_recipes.evaluation.endpoints import Answer, Client, Endpoint, Policy, ask_all
+from lora_recipes.evaluation.endpoints import endpoint as make_endpoint
+from lora_recipes.evaluation.generation import finish_output
+from lora_recipes.evaluation.metrics import Metric, Score, build_metric, metric_name
+from lora_recipes.evaluation.reference import reference_scores
+from lora_recipes.evaluation.table import render_table
+from lora_recipes.recipe.loader import LoadedRecipe
+from lora_recipes.recipe.types import Recipe
+from lora_recipes.training.run_dir import write_json_atomic, write_text_atomic
 
 EVAL_FILE = "eval.json"
 TABLE_FILE = "table.md"
@@ -238,8 +238,8 @@ class Run:
 def load_local(loaded: LoadedRecipe) -> tuple[Any, Any]:
     """The recipe's base model and tokenizer, loaded as training loads them (same quantization),
     so an adapter is scored on the base it was trained on."""
-    from . import models
-    from .model_source import load_options, recipe_model_source
+    from lora_recipes.model import loading as models
+    from lora_recipes.model.source import load_options, recipe_model_source
 
     recipe = loaded.recipe
     mp = recipe.model_parameters
@@ -258,7 +258,7 @@ def answer_local(
     on_answers: Callable[[list[int], list[dict[str, Any]]], None],
 ) -> None:
     """Generate (or rank labels) for `prompts`; `on_answers(indices, records)` after each batch."""
-    from . import generation
+    from lora_recipes.evaluation import generation
 
     if recipe.evaluation.mode == "rank":
         generation.rank(
@@ -393,7 +393,7 @@ def score_system(
 
 def default_output_dir(loaded: LoadedRecipe, adapter: Path | None) -> Path:
     """Inside the run directory when --adapter is one, else evals/<name>-<timestamp>."""
-    from .rundir import new_run_dir_name
+    from lora_recipes.training.run_dir import new_run_dir_name
 
     run_dir = find_adapter(adapter)[1] if adapter is not None else None
     if run_dir is not None:
@@ -425,7 +425,7 @@ def evaluate(
     loaded_model: list[tuple[Any, Any]] = []
 
     def model_for(system: System) -> tuple[Any, Any]:
-        from . import models
+        from lora_recipes.model import loading as models
 
         if not loaded_model:
             loaded_model.append(model_loader(loaded))
@@ -547,8 +547,8 @@ def evaluate_recipe(
     progress: Progress | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """What `lora-recipes evaluate` does; returns eval.json's content and the output folder."""
-    from .data.pipeline import evaluation_examples
-    from .recipe import load_recipe
+    from lora_recipes.data.pipeline import evaluation_examples
+    from lora_recipes.recipe.loader import load_recipe
 
     loaded = load_recipe(recipe_path, overrides, data_path)
     if len(endpoints) != len(models):

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
-from .rundir import write_json_atomic
+from lora_recipes.errors import UserError
+from lora_recipes.training.run_dir import write_json_atomic
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"

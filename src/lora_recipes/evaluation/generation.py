@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Generation
-from .data.tokens import encode
+from lora_recipes.data.tokens import encode
+from lora_recipes.recipe.types import Generation
 
 OnBatch = Callable[[list[int], list[Any]], None]
 

@@ -48,7 +48,7 @@ class ReferenceScores:
 
 @functools.cache
 def reference_table() -> dict[str, ReferenceScores]:
-    text = resources.files("lora_recipes").joinpath(TABLE_FILE).read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath(TABLE_FILE).read_text(encoding="utf-8")
     table = {}
     for row in csv.DictReader(io.StringIO(text)):
         ft = float(row["mistral7b_ft"])

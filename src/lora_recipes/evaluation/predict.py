@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import UserError
-from .recipe import LoadedRecipe
-from .rundir import atomic_open
+from lora_recipes.errors import UserError
+from lora_recipes.recipe.loader import LoadedRecipe
+from lora_recipes.training.run_dir import atomic_open
 
 CHUNK_BATCHES = 8  # batches read ahead: enough to sort by length, little to hold
 
@@ -57,7 +57,7 @@ def predict(
     prompter: Callable[[Mapping[str, Any]], str],
 ) -> int:
     """Write every row with its prediction to `out`; returns how many were written."""
-    from .evaluate import answer_local
+    from lora_recipes.evaluation.evaluate import answer_local
 
     recipe = loaded.recipe
     chunk_size = recipe.evaluation.batch_size * CHUNK_BATCHES
@@ -94,10 +94,10 @@ def predict_recipe(
 ) -> int:
     """What `lora-recipes predict` does: `-` is standard input or output. A file is written to a
     temporary name beside it and renamed when complete."""
-    from . import models
-    from .data.pipeline import build_prompter
-    from .evaluate import find_adapter, load_local
-    from .recipe import load_recipe
+    from lora_recipes.data.pipeline import build_prompter
+    from lora_recipes.evaluation.evaluate import find_adapter, load_local
+    from lora_recipes.model import loading as models
+    from lora_recipes.recipe.loader import load_recipe
 
     loaded = load_recipe(recipe_path, overrides)
     adapter_dir, _ = find_adapter(adapter)

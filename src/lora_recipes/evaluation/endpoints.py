@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Any
 
-from .generation import Decoding
+from lora_recipes.evaluation.generation import Decoding
 
 CHAT_PATH = "/chat/completions"
 COMPLETIONS_PATH = "/completions"

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Recipe, build
-from .errors import Issue, Location, RecipeInvalid, UserError
-from .schema import fill_defaults
-from .validation import rule_issues, schema_issues
-from .yamlio import Document, dotted, parse_yaml
+from lora_recipes.errors import Issue, Location, RecipeInvalid, UserError
+from lora_recipes.recipe.checks import rule_issues, schema_issues
+from lora_recipes.recipe.schema import fill_defaults
+from lora_recipes.recipe.types import Recipe, build
+from lora_recipes.recipe.yamlio import Document, dotted, parse_yaml
 
 MAX_RECIPE_BYTES = 1_000_000
 
