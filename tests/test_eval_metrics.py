@@ -9,7 +9,7 @@ import pytest
 
 from conftest import shared_task_data
 from lora_recipes.evaluation.metrics import METRICS, Score, build_metric, metric_name
-from lora_recipes.recipe.checks import LABEL_METRICS
+from lora_recipes.recipe.rules import LABEL_METRICS
 from lora_recipes.recipe.schema import load_schema
 
 

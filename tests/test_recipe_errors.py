@@ -1,27 +1,42 @@
 """Every kind of recipe mistake, each with its exact message and position.
 
 Each fixture in fixtures/invalid/ states the errors it must produce as `# expect:` lines
-(`LINE:COL: key.path: message (hint)`); the test loads it and compares the full set.
+(`LINE:COL: key.path: message (hint)`); the test loads it and compares the full set. A fixture
+for a cross-field rule also names it, `# rule: <name>` as registered in `rules.RULES`: every rule
+has at least one fixture, and the rule alone reports (some of) the fixture's expected errors.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lora_recipes.errors import RecipeInvalid, UserError
+from lora_recipes.errors import Issue, RecipeInvalid, UserError
 from lora_recipes.recipe.loader import load_recipe
+from lora_recipes.recipe.rules import RULES, rule
+from lora_recipes.recipe.schema import fill_defaults
+from lora_recipes.recipe.yamlio import dotted, parse_yaml
 
 FIXTURES = Path(__file__).parent / "fixtures" / "invalid"
+ALL_FIXTURES = sorted(FIXTURES.glob("*.yaml"))
+
+
+def declared(path: Path, prefix: str) -> list[str]:
+    """The rest of every line of `path` that starts with `prefix`."""
+    return [line[len(prefix) :].strip() for line in path.read_text().splitlines() if line.startswith(prefix)]
 
 
 def expected_errors(path: Path) -> list[str]:
-    prefix = "# expect: "
-    return [f"{path}:{line[len(prefix) :]}" for line in path.read_text().splitlines() if line.startswith(prefix)]
+    return [f"{path}:{text}" for text in declared(path, "# expect: ")]
 
 
-@pytest.mark.parametrize("fixture", sorted(FIXTURES.glob("*.yaml")), ids=lambda p: p.stem)
+def rules_of(path: Path) -> list[str]:
+    return declared(path, "# rule: ")
+
+
+@pytest.mark.parametrize("fixture", ALL_FIXTURES, ids=lambda p: p.stem)
 def test_invalid_fixture_reports_exactly_its_errors(fixture: Path) -> None:
     expected = expected_errors(fixture)
     assert expected, f"{fixture.name} declares no expected errors"
@@ -31,7 +46,7 @@ def test_invalid_fixture_reports_exactly_its_errors(fixture: Path) -> None:
 
 
 def test_fixtures_cover_every_kind_of_mistake() -> None:
-    names = {p.stem for p in FIXTURES.glob("*.yaml")}
+    names = {p.stem for p in ALL_FIXTURES}
     kinds = {
         "unknown_key", "wrong_type", "out_of_range", "bad_enum", "missing_required", "duplicate_key",
         "python_tag", "syntax_error", "two_documents", "merge_key", "template_attribute", "template_index",
@@ -39,6 +54,44 @@ def test_fixtures_cover_every_kind_of_mistake() -> None:
         "quantized_full_finetune", "missing_evaluation_split", "yaml_1_2_scalars",
     }  # fmt: skip
     assert kinds <= names
+
+
+def test_every_rule_has_a_fixture() -> None:
+    covered = {name for path in ALL_FIXTURES for name in rules_of(path)}
+    assert sorted(set(RULES) - covered) == [], "rules without an invalid fixture in tests/fixtures/invalid/"
+    assert sorted(covered - set(RULES)) == [], "fixtures name rules that are not registered"
+
+
+@pytest.mark.parametrize("fixture", [p for p in ALL_FIXTURES if rules_of(p)], ids=lambda p: p.stem)
+def test_rule_fixture_is_reported_by_its_rule(fixture: Path) -> None:
+    doc = parse_yaml(fixture.read_text(), str(fixture))
+    data = fill_defaults(doc.data)
+    expected = expected_errors(fixture)
+    for name in rules_of(fixture):
+        assert name in RULES, f"{fixture.name} names an unknown rule {name!r}"
+        found = [
+            str(Issue(doc.locate(v.path, key=v.key), dotted(v.path), v.message, v.hint)) for v in RULES[name](data)
+        ]
+        assert found, f"rule {name} reports nothing on {fixture.name}"
+        assert set(found) <= set(expected), f"rule {name} reports errors {fixture.name} does not expect"
+
+
+def test_rules_are_documented_and_named_once() -> None:
+    assert all((check.__doc__ or "").strip() for check in RULES.values())
+
+    def undocumented(data: dict[str, Any]) -> Any:
+        yield from ()
+
+    def category_output_needs_labels(data: dict[str, Any]) -> Any:
+        """A second rule under a registered name."""
+        yield from ()
+
+    before = list(RULES)
+    with pytest.raises(ValueError, match="needs a docstring"):
+        rule(undocumented)
+    with pytest.raises(ValueError, match="registered twice"):
+        rule(category_output_needs_labels)
+    assert list(RULES) == before
 
 
 def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:

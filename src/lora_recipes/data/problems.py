@@ -34,10 +34,10 @@ from collections.abc import Iterable
 
 from lora_recipes.errors import Issue, Location, UserError
 from lora_recipes.recipe.loader import LoadedRecipe, read_recipe_text
-from lora_recipes.recipe.yamlio import Path, dotted, parse_yaml
+from lora_recipes.recipe.yamlio import KeyPath, dotted, parse_yaml
 
 
-def recipe_location(loaded: LoadedRecipe, path: Path) -> Location:
+def recipe_location(loaded: LoadedRecipe, path: KeyPath) -> Location:
     """Where the key at `path` was written (its recipe line), or the command-line option that set it."""
     for end in range(len(path), 0, -1):
         if path[:end] in loaded.from_command_line:
@@ -50,7 +50,7 @@ def recipe_location(loaded: LoadedRecipe, path: Path) -> Location:
     return doc.locate(path, key=True)
 
 
-def recipe_error(loaded: LoadedRecipe, path: Path, message: str, hint: str | None = None) -> UserError:
+def recipe_error(loaded: LoadedRecipe, path: KeyPath, message: str, hint: str | None = None) -> UserError:
     """A data problem that the recipe must fix, reported like a recipe mistake."""
     return UserError(str(Issue(recipe_location(loaded, path), dotted(path), message, hint)))
 

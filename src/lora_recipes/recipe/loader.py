@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from lora_recipes.errors import Issue, Location, RecipeInvalid, UserError
-from lora_recipes.recipe.checks import rule_issues, schema_issues
+from lora_recipes.recipe.checks import schema_issues
+from lora_recipes.recipe.rules import rule_issues
 from lora_recipes.recipe.schema import fill_defaults
 from lora_recipes.recipe.types import Recipe, build
-from lora_recipes.recipe.yamlio import Document, dotted, parse_yaml
+from lora_recipes.recipe.yamlio import Document, KeyPath, dotted, parse_yaml
 
 MAX_RECIPE_BYTES = 1_000_000
 
@@ -29,7 +30,7 @@ _KEY_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-
 class Override:
     """One `--set key.path=value`; `index` is its 1-based position among the --set options."""
 
-    path: tuple[str | int, ...]
+    path: KeyPath
     value: Any
     text: str
     index: int
@@ -40,9 +41,9 @@ class Origins:
     """Where each key path was written: the recipe file or a command-line option."""
 
     doc: Document
-    overridden: dict[tuple[str | int, ...], Location] = field(default_factory=dict)
+    overridden: dict[KeyPath, Location] = field(default_factory=dict)
 
-    def locate(self, path: tuple[str | int, ...], key: bool = False) -> Location:
+    def locate(self, path: KeyPath, key: bool = False) -> Location:
         for end in range(len(path), 0, -1):
             if path[:end] in self.overridden:
                 return self.overridden[path[:end]]
@@ -56,7 +57,7 @@ class LoadedRecipe:
     path: Path
     recipe: Recipe
     resolved: dict[str, Any]
-    from_command_line: frozenset[tuple[str | int, ...]]
+    from_command_line: frozenset[KeyPath]
 
     @property
     def name(self) -> str:

@@ -50,11 +50,6 @@ def subschema(path: tuple[str | int, ...]) -> dict[str, Any] | None:
     return node
 
 
-def property_names(path: tuple[str | int, ...]) -> list[str]:
-    node = subschema(path)
-    return sorted(node.get("properties", {})) if node else []
-
-
 def fill_defaults(data: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """A copy of `data` with every missing property that has a default filled in, recursively.
 

@@ -23,7 +23,7 @@ from yaml.scanner import Scanner
 
 from lora_recipes.errors import Issue, Location, RecipeInvalid
 
-Path = tuple[str | int, ...]
+KeyPath = tuple[str | int, ...]
 
 # A recipe is a few hundred nodes; anything past this is an alias bomb or not a recipe.
 MAX_NODES = 100_000
@@ -86,10 +86,10 @@ class Document:
 
     file: str
     data: Any
-    values: dict[Path, Location] = field(default_factory=dict)
-    keys: dict[Path, Location] = field(default_factory=dict)
+    values: dict[KeyPath, Location] = field(default_factory=dict)
+    keys: dict[KeyPath, Location] = field(default_factory=dict)
 
-    def locate(self, path: Path, *, key: bool = False) -> Location:
+    def locate(self, path: KeyPath, *, key: bool = False) -> Location:
         """The location of `path`, or of its nearest ancestor that was written down."""
         table = self.keys if key else self.values
         for end in range(len(path), -1, -1):
@@ -118,7 +118,7 @@ class _Builder:
     def loc(self, node: Node) -> Location:
         return _loc(self.doc.file, node, self.line, self.col_offset)
 
-    def build(self, node: Node, path: Path, active: tuple[int, ...] = ()) -> Any:
+    def build(self, node: Node, path: KeyPath, active: tuple[int, ...] = ()) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
             if not self.too_big:
@@ -149,7 +149,7 @@ class _Builder:
         assert isinstance(node, MappingNode)
         return self.mapping(node, path, inner)
 
-    def mapping(self, node: MappingNode, path: Path, active: tuple[int, ...]) -> dict[str, Any]:
+    def mapping(self, node: MappingNode, path: KeyPath, active: tuple[int, ...]) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge" or (
@@ -181,7 +181,7 @@ class _Builder:
             result[key] = self.build(value_node, key_path, active)
         return result
 
-    def scalar(self, node: ScalarNode, path: Path) -> Any:
+    def scalar(self, node: ScalarNode, path: KeyPath) -> Any:
         text = node.value
         tag = node.tag
         if tag == _STR:
@@ -211,7 +211,7 @@ class _Builder:
         self.issues.append(Issue(self.loc(node), _dotted(path), f"{text!r} is not a valid {tag.rsplit(':', 1)[-1]}"))
         return None
 
-    def bad_tag(self, node: Node, path: Path) -> Issue:
+    def bad_tag(self, node: Node, path: KeyPath) -> Issue:
         python = node.tag.startswith("tag:yaml.org,2002:python/")
         return Issue(
             self.loc(node),
@@ -221,7 +221,7 @@ class _Builder:
         )
 
 
-def _dotted(path: Path) -> str:
+def _dotted(path: KeyPath) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
