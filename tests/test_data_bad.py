@@ -127,7 +127,7 @@ def test_a_missing_data_path_points_at_data_dataset(tmp_path: Path) -> None:
     path = single_file_recipe(tmp_path, "./nowhere/rows.csv")
     message = error_of(path)
     assert message.startswith(f"{path}:{line_of(path, 'dataset:')}:")
-    assert "nowhere/rows.csv does not exist" in message
+    assert f"no such file or folder: {tmp_path / 'nowhere' / 'rows.csv'}" in message
     assert "--data PATH" in message
 
 

@@ -2,7 +2,8 @@
 
     source splits (sources.py) -> derived columns (columns.py) -> targets, bad-data checks
     (problems.py) -> train/validation/test (splits.py: published, carved by row hash, or a split
-    column) -> row caps -> few-shot examples -> prompts and targets (prompts.py)
+    column; a split the source lacks is carved unless the recipe named it) -> row caps
+    -> few-shot examples -> prompts and targets (prompts.py)
       -> `evaluation_examples`: the fixed evaluation subset, as text
       -> `prepare_training_data`: token ids cut to the max length (tokens.py), cached (cache.py)
 
@@ -69,6 +70,7 @@ class CompiledSplit:
     hash: str
     skipped_rows: int = 0  # no target
     capped_rows: int = 0  # beyond data.max_rows
+    carved_fraction: float | None = None  # the share of train carved into it, when carved by row hash
 
 
 @dataclass
@@ -117,7 +119,7 @@ def derive_columns(loaded: LoadedRecipe, split: SourceSplit) -> list[dict[str, A
                 row[name] = COLUMN_OPS[spec.op](row, spec)
             except ColumnProblem as exc:
                 at = recipe_location(loaded, ("data", "columns", name))
-                raise row_error(split.where, i + 1, exc.column, f"data.columns.{name} ({at}): {exc.message}") from None
+                raise row_error(*split.place(i), exc.column, f"data.columns.{name} ({at}): {exc.message}") from None
         out.append(row)
     return out
 
@@ -158,8 +160,7 @@ def targets_of(loaded: LoadedRecipe, split: SourceSplit, rows: list[dict[str, An
         first_row, first = unknown[0]
         values = sorted({k for _, k in unknown})
         raise row_error(
-            split.where,
-            first_row + 1,
+            *split.place(first_row),
             output.column,
             f"{first!r} is not one of output.labels ({', '.join(output.labels)}) and output.label_map does not map it; "
             f"{len(unknown)} {'rows hold' if len(unknown) != 1 else 'row holds'} such values"
@@ -207,16 +208,13 @@ def compile_data(loaded: LoadedRecipe) -> CompiledData:
     compiler = PromptCompiler.from_recipe(recipe.prompt, recipe.output)
     source = load_source(loaded)
     used = used_splits(recipe)
-    roles = {data.splits.train: "train"}
-    if data.split.type == "hash":
-        roles.update(
-            {getattr(data.splits, r): r for r in ("validation", "test") if getattr(data.splits, r) is not None}
-        )
+    roles = {name: role for role, name in source.roles.items() if name is not None}
     read = {
         name: read_source_rows(loaded, s, compiler, data.split.type == "column" or roles[name] in used)
         for name, s in source.splits.items()
     }
-    assigned, origins, skipped = assign_splits(loaded, read)
+    assigned, origins, skipped = assign_splits(loaded, source, read)
+    check_evaluation_split(loaded, source, assigned)
     # A split nothing reads needs no targets; count it as it stands.
     for source_name, role in roles.items():
         if role not in used:
@@ -259,7 +257,7 @@ def compile_data(loaded: LoadedRecipe) -> CompiledData:
             "type": "retrieval",
             "count": k,
             "seed": recipe.seed,
-            "rows": [f"{rows.split.where} row {i + 1}" for i in drawn],
+            "rows": ["{} row {}".format(*rows.split.place(i)) for i in drawn],
         }
 
     splits: dict[str, CompiledSplit] = {}
@@ -283,10 +281,41 @@ def compile_data(loaded: LoadedRecipe) -> CompiledData:
             hash=split_hash([rows.hashes[i] for i in indices]),
             skipped_rows=skipped[name],
             capped_rows=capped[name],
+            carved_fraction=carved_fraction(recipe, source, name),
         )
     compiled = CompiledData(source, compiler, splits, few_shot)
     compiled.notes = data_notes(recipe, compiled)
     return compiled
+
+
+def carved_fraction(recipe: Recipe, source: Source, name: str) -> float | None:
+    if name == "train" or recipe.data.split.type != "hash" or source.roles.get(name) is not None:
+        return None
+    fraction = float(getattr(recipe.data.split, f"{name}_fraction"))
+    return fraction if fraction > 0 else None
+
+
+def percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def check_evaluation_split(
+    loaded: LoadedRecipe, source: Source, assigned: Mapping[str, tuple[SourceRows, list[int]]]
+) -> None:
+    """The evaluation split must exist: a split the source lacks with a carving fraction of 0 has
+    none (when the recipe set the name to null, validation has said so already)."""
+    role = loaded.recipe.data.evaluation_split
+    if role in assigned or role not in source.lacking:
+        return
+    name = getattr(loaded.recipe.data.splits, role)
+    raise recipe_error(
+        loaded,
+        ("data", "split", f"{role}_fraction"),
+        f"the source has no {name!r} split to evaluate (it has: {listing(source.lacking[role])}) and "
+        f"data.split.{role}_fraction is 0, so none is carved from train",
+        f"{did_you_mean(name, source.lacking[role])}set data.split.{role}_fraction above 0, name the source's "
+        f"split in data.splits.{role}, or choose another data.evaluation_split",
+    )
 
 
 def empty_split_message(name: str, origin: str, skipped: int, capped: int) -> str:
@@ -295,13 +324,15 @@ def empty_split_message(name: str, origin: str, skipped: int, capped: int) -> st
 
 
 def assign_splits(
-    loaded: LoadedRecipe, read: dict[str, SourceRows]
+    loaded: LoadedRecipe, source: Source, read: dict[str, SourceRows]
 ) -> tuple[dict[str, tuple[SourceRows, list[int]]], dict[str, str], dict[str, int]]:
     """Rows of train, validation and test (positions into their source split), how each was made,
     and how many rows without a target each skipped."""
     recipe = loaded.recipe
     data = recipe.data
-    train = read[data.splits.train]
+    train_name = source.roles["train"]
+    assert train_name is not None
+    train = read[train_name]
     assert train.targets is not None
     targets = train.targets
     assigned: dict[str, tuple[SourceRows, list[int]]] = {}
@@ -324,8 +355,7 @@ def assign_splits(
             code = split_code(row[column])
             if code is None:
                 raise row_error(
-                    train.split.where,
-                    i + 1,
+                    *train.split.place(i),
                     column,
                     f"{row[column]!r} is not a split",
                     "use 0 train, 1 validation, 2 test",
@@ -345,7 +375,7 @@ def assign_splits(
     to_carve = [
         (role, getattr(data.split, f"{role}_fraction"))
         for role in ("validation", "test")
-        if getattr(data.splits, role) is None and getattr(data.split, f"{role}_fraction") > 0
+        if source.roles.get(role) is None and getattr(data.split, f"{role}_fraction") > 0
     ]
     strata = targets if recipe.output.type == "category" else [None] * len(targets)
     kept, carved = carve(usable, train.hashes, strata, [f for _, f in to_carve])
@@ -354,10 +384,10 @@ def assign_splits(
     for (role, fraction), indices in zip(to_carve, carved, strict=True):
         assigned[role] = (train, indices)
         stratified = ", stratified by label" if recipe.output.type == "category" else ""
-        origins[role] = f"carved from {train.split.where}: {fraction:.0%} by row hash{stratified}"
+        origins[role] = f"carved from {train.split.where}: {percent(fraction)} by row hash{stratified}"
         skipped[role] = 0
     for role in ("validation", "test"):
-        name = getattr(data.splits, role)
+        name = source.roles.get(role)
         if name is None or role not in used:
             continue
         rows = read[name]
@@ -376,13 +406,14 @@ def data_notes(recipe: Recipe, data: CompiledData) -> list[str]:
             notes.append(f"{split.skipped_rows:,} {name} rows have no target (null or empty) and were skipped")
         # expected_rows are published split sizes: compare with the source split, before carving.
         expected = getattr(recipe.data.expected_rows, name)
-        source_name = getattr(recipe.data.splits, name)
+        source_name = data.source.roles.get(name)
         source = data.source.splits.get(source_name) if source_name else None
         if expected is not None and source is not None and expected != len(source.rows):
             notes.append(
                 f"data.expected_rows.{name} is {expected:,}, but the source's {source_name} split has "
                 f"{len(source.rows):,} rows"
             )
+    notes += carving_notes(recipe, data.source)
     evaluation = data.splits.get(recipe.data.evaluation_split)
     train = data.splits["train"]
     if evaluation is not None and evaluation is not train and evaluation.used:
@@ -393,6 +424,30 @@ def data_notes(recipe: Recipe, data: CompiledData) -> list[str]:
             notes.append(
                 f"{leaked:,} of the {len(subset):,} evaluation prompts ({evaluation.name}) also appear in train"
             )
+    return notes
+
+
+def carving_notes(recipe: Recipe, source: Source) -> list[str]:
+    """What was carved because the source lacks a split the recipe left at its default name (a
+    single file is only ever the training split: carving from it is no news)."""
+    notes: list[str] = []
+    if source.kind == "file":
+        return notes
+    for role, present in source.lacking.items():
+        name = getattr(recipe.data.splits, role)
+        fraction = getattr(recipe.data.split, f"{role}_fraction")
+        lacks = f"the source has no {name!r} split (it has: {listing(present)})"
+        fix = (
+            f"{did_you_mean(name, present)}name the source's {role} split in data.splits.{role}, or set "
+            f"data.splits.{role} to null to carve it on purpose"
+        )
+        if fraction > 0:
+            notes.append(
+                f"{lacks}, so {percent(fraction)} of train was carved into {role} by row hash "
+                f"(data.split.{role}_fraction) ({fix})"
+            )
+        else:
+            notes.append(f"{lacks} and data.split.{role}_fraction is 0, so there is no {role} split ({fix})")
     return notes
 
 
@@ -563,6 +618,7 @@ def data_report(
             "hash": split.hash,
             "skipped_rows": split.skipped_rows,
             "capped_rows": split.capped_rows,
+            "carved_fraction": split.carved_fraction,
         }
         if name in tokenized:
             tok = tokenized[name]
@@ -581,6 +637,7 @@ def data_report(
             f"{train.dropped_rows:,} training rows were dropped: their answer alone needs max_length "
             f"({meta['max_length']}) tokens or more"
         )
+    warnings += length_warnings(loaded, compiled, tokenized, int(meta["max_length"]), tokenizer)
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and limit < 1_000_000 and meta["max_length"] > limit:
         warnings.append(f"max_length {meta['max_length']} exceeds the tokenizer's model_max_length {limit}")
@@ -616,6 +673,60 @@ def data_report(
         "validation_tokens": computed_tokens(validation.lengths, eval_batch, True) if validation is not None else 0,
         "warnings": warnings,
     }
+
+
+def length_warnings(
+    loaded: LoadedRecipe,
+    compiled: CompiledData,
+    tokenized: dict[str, TokenizedSplit],
+    max_length: int,
+    tokenizer: Any,
+) -> list[str]:
+    """A max length shorter than most validation rows, or than most rows of the evaluation subset:
+    the cut-off was measured on a train split too small or unlike the others. Validation loss (and
+    early stopping) would then measure cut rows, and evaluation would show the model prompts far
+    longer than any it trained on."""
+    recipe = loaded.recipe
+    setting = recipe.preprocessing.global_max_sequence_length
+    if isinstance(setting, str):
+        basis = f"the {setting} of {compiled.splits['train'].rows:,} training rows"
+        fix = (
+            "add training rows like these, or set preprocessing.global_max_sequence_length to a number of "
+            "tokens that fits them"
+        )
+    else:
+        basis = "preprocessing.global_max_sequence_length"
+        fix = "raise preprocessing.global_max_sequence_length"
+    warnings = []
+    evaluation = recipe.data.evaluation_split
+    validation = tokenized.get("validation")
+    rows = compiled.splits["validation"].rows if "validation" in compiled.splits else 0
+    if validation is not None and rows:
+        cut = validation.truncated_rows + validation.dropped_rows
+        if 2 * cut > rows:
+            also = (
+                ", and evaluation (on validation) shows the model prompts longer than any it trained on"
+                if evaluation == "validation"
+                else ""
+            )
+            warnings.append(
+                f"{cut:,} of the {rows:,} validation rows ({cut / rows:.0%}) are longer than max_length "
+                f"{max_length} ({basis}) and lose the start of their prompt or are dropped: validation loss "
+                f"measures cut rows{also}; {fix}"
+            )
+    split = compiled.splits.get(evaluation)
+    if evaluation not in ("train", "validation") and split is not None and split.used and split.rows:
+        n = min(split.rows, recipe.data.evaluation_size)
+        answer = compiled.compiler.answer
+        encoded = encode(tokenizer, split.prompts[:n], [answer(t) for t in split.targets[:n]])
+        longer = sum(total > max_length for total in encoded.totals)
+        if 2 * longer > n:
+            warnings.append(
+                f"{longer:,} of the first {n:,} {evaluation} rows (the evaluation subset) ({longer / n:.0%}) are "
+                f"longer than max_length {max_length} ({basis}): training never shows the model prompts that "
+                f"long; {fix}"
+            )
+    return warnings
 
 
 # --- plan: the base model's tokenizer, or a labelled approximation --------------------------------

@@ -6,12 +6,20 @@ because training on around it would quietly learn the wrong thing. Only rows tha
 learn or to score are skipped, and every skip is counted per split in `plan`.
 
 Errors:
-- the source does not exist, has an unknown format, or (hub) cannot be reached;
-- a split named in `data.splits` that the source lacks (set it to null to carve it from train);
+- the source does not exist ("no such file or folder", with the folder it is relative to), has an
+  unknown format, cannot be read (a FIFO, a dangling symbolic link, a folder where a data file
+  belongs, no permission: the path and the reason), or (hub) cannot be reached;
+- a data file in a data folder that is not named by split (`SPLIT.EXT`, `SPLIT-PART.EXT`; see
+  `sources.py`), parts of one split in several formats or with different columns;
+- a split that `data.splits` names explicitly and the source lacks (a validation or test split
+  left at its default name is carved from train instead, and the report says so);
+- an evaluation split the source lacks when its carving fraction is 0;
 - bytes that are not UTF-8 (file, line, byte offset);
+- a Parquet file that is not Parquet;
 - a line that is not JSON (JSONL/JSON), a CSV row with more or fewer fields than the header;
 - a template or output column the data lacks (recipe line; the columns that exist);
-- an empty split: a source file without rows, or nothing left after skipping;
+- an empty split: a source file without rows (CSV with only a header, JSON `[]`, Parquet with
+  no row groups, an empty part of a split), or nothing left after skipping;
 - a category label outside `output.labels`/`output.label_map` (file, row, value; how many rows);
 - a derived column (`data.columns`) that cannot be computed for a row: a missing nested field, an
   index out of range, tags and tokens of different lengths (file, row, recipe line);
@@ -23,6 +31,10 @@ Counted skips:
   evaluation subset is the first N rows that have one);
 - a row whose answer alone (target prefix, target and EOS) leaves no room for a single prompt token
   within the max length: `dropped_rows` of its split (see `tokens.py`).
+
+Warnings (in the data report, printed by `plan`): splits carved because the source lacks them;
+a max length that truncates more than half of the validation rows, or is shorter than more than
+half of the evaluation subset's rows (a cut-off measured on a small or unrepresentative train).
 
 Not a problem: a null input cell renders as empty text (see `template.render_value`).
 """
@@ -48,6 +60,18 @@ def recipe_location(loaded: LoadedRecipe, path: KeyPath) -> Location:
     except UserError:  # the file changed under us; the recipe path alone still helps
         return Location(str(loaded.path), 1, 1)
     return doc.locate(path, key=True)
+
+
+def written_by_user(loaded: LoadedRecipe, path: KeyPath) -> bool:
+    """Whether the recipe file or a command-line option wrote the key at `path` (rather than the
+    schema's default filling it in). A command-line option that set an enclosing key counts."""
+    if any(path[:end] in loaded.from_command_line for end in range(1, len(path) + 1)):
+        return True
+    try:
+        doc = parse_yaml(read_recipe_text(loaded.path), str(loaded.path))
+    except UserError:  # the file changed under us: assume it was written, the stricter reading
+        return True
+    return path in doc.keys
 
 
 def recipe_error(loaded: LoadedRecipe, path: KeyPath, message: str, hint: str | None = None) -> UserError:
