@@ -18,7 +18,7 @@ import pytest
 
 from lora_recipes.data.types import EvaluationSet, Example
 from lora_recipes.errors import UserError
-from lora_recipes.evaluation.endpoints import Client, Policy, ask_all, endpoint
+from lora_recipes.evaluation.endpoints import Answer, Client, Policy, ask_all, endpoint
 from lora_recipes.evaluation.evaluate import System, evaluate, plan_systems
 from lora_recipes.evaluation.generation import Decoding
 from lora_recipes.recipe.loader import LoadedRecipe, load_recipe
@@ -109,6 +109,10 @@ def test_endpoint_urls() -> None:
     assert endpoint("http://h:8000/v1", "m", chat=True).url == "http://h:8000/v1/chat/completions"
     assert endpoint("https://api.openai.com/v1/chat/completions", "gpt-4", chat=False).chat
     assert not endpoint("http://h/v1/completions", "m", chat=True).chat
+    # a query string (Azure's api-version) stays at the end
+    azure = endpoint("https://x.azure.com/openai/v1/?api-version=2024-06-01", "gpt", chat=True)
+    assert azure.url == "https://x.azure.com/openai/v1/chat/completions?api-version=2024-06-01"
+    assert endpoint("http://h/v1/chat/completions?api-version=1", "m", chat=False).chat
 
 
 def test_every_kind_of_transient_failure_is_retried() -> None:
@@ -120,7 +124,7 @@ def test_every_kind_of_transient_failure_is_retried() -> None:
     }
     with ScriptedServer(script, {}) as server:
         client = Client(endpoint(server.url, "m", chat=False), POLICY, DECODING)
-        answers = {}
+        answers: dict[int, Answer] = {}
         ask_all(client, list(enumerate([*script, "plain"])), lambda i, a: answers.__setitem__(i, a))
     assert all(a.ok and a.text == "positive" for a in answers.values())
     assert [answers[i].attempts for i in range(5)] == [2, 3, 2, 3, 1]

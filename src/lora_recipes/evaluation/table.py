@@ -41,7 +41,10 @@ def render_table(result: Mapping[str, Any]) -> str:
     for name, system in result["systems"].items():
         if system["failures"]:
             kinds = ", ".join(f"{kind} x{count}" for kind, count in system["errors"].items())
-            notes.append(f"{name}: {system['failures']} of {result['n']} requests failed and score 0 ({kinds}).")
+            if system["failures"] >= result["n"]:
+                notes.append(f"{name}: all {result['n']} requests failed, so it has no score ({kinds}).")
+            else:
+                notes.append(f"{name}: {system['failures']} of {result['n']} requests failed and score 0 ({kinds}).")
         if system["unparseable"]:
             notes.append(f"{name}: {system['unparseable']} outputs could not be read as an answer and score 0.")
     if reference:
