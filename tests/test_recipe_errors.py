@@ -51,7 +51,8 @@ def test_fixtures_cover_every_kind_of_mistake() -> None:
         "unknown_key", "wrong_type", "out_of_range", "bad_enum", "missing_required", "duplicate_key",
         "python_tag", "syntax_error", "two_documents", "merge_key", "template_attribute", "template_index",
         "template_unclosed", "template_leaks_answer", "category_without_labels", "label_map_unknown_label",
-        "quantized_full_finetune", "missing_evaluation_split", "yaml_1_2_scalars",
+        "quantized_full_finetune", "missing_evaluation_split", "yaml_1_2_scalars", "non_finite_number",
+        "huge_integer", "too_deep", "all_at_once", "wrong_type_said_once",
     }  # fmt: skip
     assert kinds <= names
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from jsonschema.exceptions import ValidationError
@@ -46,20 +47,15 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
+def _got(value: Any) -> str:
+    """What a wrong value is, said once: `text 'four'`, `a number 8.5`, `a list`, `null`, `true`."""
+    if isinstance(value, bool) or value is None or isinstance(value, dict | list):
+        return _show(value)
     if isinstance(value, int):
-        return "an integer"
+        return f"an integer {_show(value)}"
     if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, list):
-        return "a list"
-    return "a mapping"
+        return f"a number {_show(value)}"
+    return f"text {_show(value)}"
 
 
 def did_you_mean(word: str, choices: list[str]) -> str | None:
@@ -86,7 +82,12 @@ def _allowed(types: Any) -> str:
     return " or ".join(_TYPE_NAMES.get(t, t) for t in names)
 
 
-def _schema_issue(error: ValidationError, locate: Locate) -> Iterator[Issue]:
+def _under(path: KeyPath, skip: Collection[KeyPath]) -> bool:
+    """Whether `path` is one of `skip` or inside one of them."""
+    return any(path[: len(s)] == s for s in skip)
+
+
+def _schema_issue(error: ValidationError, locate: Locate, skip: Collection[KeyPath]) -> Iterator[Issue]:
     path: KeyPath = tuple(error.absolute_path)
     where = dotted(path)
     kw = error.validator
@@ -104,7 +105,7 @@ def _schema_issue(error: ValidationError, locate: Locate) -> Iterator[Issue]:
             yield Issue(locate(key_path, True), dotted(key_path), "unknown key", hint)
         return
     if kw == "required":
-        missing = [k for k in expected if k not in value]
+        missing = [k for k in expected if k not in value and not _under((*path, k), skip)]
         for key in missing:
             sub = subschema((*path, key))
             summary = _summary(sub.get("description", "")) if sub else ""
@@ -116,7 +117,7 @@ def _schema_issue(error: ValidationError, locate: Locate) -> Iterator[Issue]:
             )
         return
     if kw == "type":
-        message = f"expected {_allowed(expected)}, got {_kind(value)} {_show(value)}"
+        message = f"expected {_allowed(expected)}, got {_got(value)}"
         yield Issue(locate(path, False), where, message, _example(path))
         return
     if kw == "enum":
@@ -174,12 +175,15 @@ def _schema_issue(error: ValidationError, locate: Locate) -> Iterator[Issue]:
     yield Issue(locate(path, False), where, error.message)
 
 
-def schema_issues(data: Any, locate: Locate) -> list[Issue]:
-    """Every schema violation in `data`, one issue per offending key."""
+def schema_issues(data: Any, locate: Locate, skip: Collection[KeyPath] = ()) -> list[Issue]:
+    """Every schema violation in `data`, one issue per offending key; none at or under the paths
+    in `skip` (values already reported and dropped, such as a refused tag or a NaN)."""
     best: dict[str, tuple[int, ValidationError]] = {}
     extra: list[ValidationError] = []
     for error in validator().iter_errors(data):
         kw = str(error.validator)
+        if kw != "required" and _under(tuple(error.absolute_path), skip):
+            continue
         if kw in ("additionalProperties", "required"):
             extra.append(error)
             continue
@@ -189,5 +193,44 @@ def schema_issues(data: Any, locate: Locate) -> list[Issue]:
             best[key] = (rank, error)
     issues: list[Issue] = []
     for error in [*extra, *(e for _, e in best.values())]:
-        issues.extend(_schema_issue(error, locate))
+        issues.extend(_schema_issue(error, locate, skip))
     return issues
+
+
+# The largest integer a recipe may hold: what a 64-bit integer holds, and what torch, NumPy and
+# every float conversion downstream can take (a bigger one can only be a mistake).
+MAX_INTEGER = 2**63 - 1
+
+
+def _number_problem(value: Any) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        written = ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+        return f"{written} is not a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+        digits = len(str(abs(value)))
+        sign = "" if value > 0 else " negative"
+        return f"a {digits}-digit{sign} integer is too large (beyond 64 bits: at most {MAX_INTEGER:,} either way)"
+    return None
+
+
+def unusable_numbers(data: Any, locate: Locate) -> dict[KeyPath, Issue]:
+    """Every number no setting can take, wherever it is: NaN, infinity (also what `1e999` reads
+    as) and integers beyond 64 bits. JSON Schema lets NaN through every bound (NaN compares false
+    with everything), so they are refused here, once for the whole document, before the schema."""
+    found: dict[KeyPath, Issue] = {}
+    stack: list[tuple[KeyPath, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(((*path, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, i), v) for i, v in enumerate(value))
+        else:
+            problem = _number_problem(value)
+            if problem is not None:
+                example = _example(path)
+                hint = "NaN and infinity are not allowed" if "finite" in problem else "write a smaller number"
+                found[path] = Issue(
+                    locate(path, False), dotted(path), problem, f"{hint}; {example}" if example else hint
+                )
+    return found

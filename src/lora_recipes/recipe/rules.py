@@ -12,7 +12,7 @@ exact message it produces; the fixtures test fails for a rule without one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,13 +50,17 @@ def rule(check: Rule) -> Rule:
     return check
 
 
-def rule_issues(raw: Any, locate: Locate) -> list[Issue]:
-    """Every violation of every rule, checked on the recipe with defaults filled in."""
+def rule_issues(raw: Any, locate: Locate, skip: Collection[KeyPath] = ()) -> list[Issue]:
+    """Every violation of every rule, checked on the recipe with defaults filled in; none at or
+    under the paths in `skip` (values already reported and dropped)."""
     if not isinstance(raw, dict):
         return []
     data = fill_defaults(raw)
     return [
-        Issue(locate(v.path, v.key), dotted(v.path), v.message, v.hint) for check in RULES.values() for v in check(data)
+        Issue(locate(v.path, v.key), dotted(v.path), v.message, v.hint)
+        for check in RULES.values()
+        for v in check(data)
+        if not any(v.path[: len(s)] == s for s in skip)
     ]
 
 
