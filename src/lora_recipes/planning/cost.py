@@ -6,8 +6,9 @@ Accounting rules (the report states them too):
   checkpoint; steps lost to a crash after a checkpoint are not counted.
 - `gpu_hours` = wall_seconds x processes / 3600 (one device per process).
 - Price per device-hour: `cost.price_per_hour_usd` when set; on a GPU, else the built-in price of
-  the GPU the run is on (estimate.GPUS, matched by its name), else of `cost.gpu`. A CPU has no
-  price in the table: it is 0 unless `cost.price_per_hour_usd` gives one.
+  the GPU the run is on (estimate.GPUS, matched by its name; a MIG slice costs its share of the
+  whole GPU's price, see estimate.py), else of `cost.gpu`. A CPU has no price in the table: it is
+  0 unless `cost.price_per_hour_usd` gives one.
 - `tokens_trained` counts real (non-padding) tokens; `tokens_per_second` = tokens_trained /
   wall_seconds.
 """
@@ -18,7 +19,7 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-from lora_recipes.planning.estimate import GPUS, match_gpu
+from lora_recipes.planning.estimate import Estimate, UnknownEstimate, gpu_spec, match_gpu
 from lora_recipes.recipe.types import Cost
 
 
@@ -39,9 +40,12 @@ def device_price(device_type: str, device_name: str, cost: Cost) -> Price:
         return Price(cost.price_per_hour_usd, match_gpu(device_name), "cost.price_per_hour_usd")
     matched = match_gpu(device_name)
     if matched is not None:
-        return Price(GPUS[matched].price_per_hour_usd, matched, f"built-in on-demand price of {matched}")
+        whole, _, mig = matched.partition(" MIG ")
+        what = f"MIG slice {mig}'s share of the built-in on-demand price of {whole}" if mig else ""
+        note = what or f"built-in on-demand price of {matched}"
+        return Price(gpu_spec(matched).price_per_hour_usd, matched, note)
     return Price(
-        GPUS[cost.gpu].price_per_hour_usd,
+        gpu_spec(cost.gpu).price_per_hour_usd,
         cost.gpu,
         f"{device_name} is not in the built-in table; priced as cost.gpu ({cost.gpu})",
     )
@@ -95,7 +99,7 @@ def cost_report(
     total_params: int,
     trainable_params: int,
     steps: int,
-    estimate: dict[str, Any] | None,
+    estimate: Estimate | UnknownEstimate | None,
 ) -> dict[str, Any]:
     gpu_hours = wall_seconds * processes / 3600
     compute_rate = tokens_computed / (train_seconds * processes) if train_seconds else 0.0
@@ -122,29 +126,32 @@ def cost_report(
         "trainable_params": trainable_params,
         "estimate": None,
     }
-    if estimate is not None and estimate.get("hours") is not None:
-        pairs = {
-            "gpu_hours": (gpu_hours, estimate["hours"]),
-            "total_cost_usd": (report["total_cost_usd"], estimate["cost_usd"]),
-            "tokens_per_second": (compute_rate, estimate["tokens_per_second"]),
-            "peak_memory_bytes": (peak_memory, estimate["peak_memory_bytes"]),
-        }
-        note = (
-            f"estimated for {estimate['gpu']}; this run was on the CPU, so the errors compare unlike machines"
-            if device_type != "cuda"
-            else f"estimated for {estimate['gpu']}"
-        )
-        report["estimate"] = {
-            "gpu": estimate["gpu"],
-            "note": note,
-            "rows": {
-                key: {"estimate": est, "actual": actual, "error_percent": _error_percent(actual, est)}
-                for key, (actual, est) in pairs.items()
-            },
-        }
-    elif estimate is not None:
-        report["estimate"] = {"gpu": estimate.get("gpu"), "note": estimate.get("reason", "no estimate"), "rows": {}}
+    report["estimate"] = estimate_beside_actual(report, estimate)
     return report
+
+
+def estimate_beside_actual(
+    report: dict[str, Any], estimate: Estimate | UnknownEstimate | None
+) -> dict[str, Any] | None:
+    """The plan's estimate beside what the run measured (`report`), with the error of each."""
+    if estimate is None:
+        return None
+    if isinstance(estimate, UnknownEstimate):
+        return {"gpu": estimate.gpu, "note": estimate.reason, "rows": {}}
+    pairs = {
+        "gpu_hours": (report["gpu_hours"], estimate.hours),
+        "total_cost_usd": (report["total_cost_usd"], estimate.cost_usd),
+        "tokens_per_second": (report["computed_tokens_per_device_second_training"], estimate.tokens_per_second),
+        "peak_memory_bytes": (report["peak_memory_bytes"], estimate.peak_memory_bytes),
+    }
+    note = f"estimated for {estimate.gpu}"
+    if report["device"] != "cuda":
+        note += "; this run was on the CPU, so the errors compare unlike machines"
+    rows = {
+        key: {"estimate": est, "actual": actual, "error_percent": _error_percent(actual, est)}
+        for key, (actual, est) in pairs.items()
+    }
+    return {"gpu": estimate.gpu, "note": note, "rows": rows}
 
 
 def _money(x: float) -> str:

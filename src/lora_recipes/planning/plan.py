@@ -3,6 +3,8 @@
 Without data the plan uses what the recipe says about its data (`data.expected_rows`,
 `data.expected_tokens`); with data, the data pipeline's report (`data.pipeline.plan_data`: rows
 per split, token lengths, the cut-off) replaces those and becomes the plan's data section.
+`build_plan` unpacks the recipe once and hands flat values to the small builders below; the
+result is a typed `Plan` (planning/sections.py) whose `to_json()` is plan.json's layout.
 This module imports nothing heavy: `plan --no-data` must stay as fast as `validate`.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from lora_recipes.errors import UserError
@@ -21,21 +23,43 @@ from lora_recipes.model.architectures import (
     unknown_target_modules,
 )
 from lora_recipes.model.source import recipe_model_source
-from lora_recipes.planning.estimate import estimate
+from lora_recipes.planning.estimate import Estimate, Method, UnknownEstimate, Workload, estimate
+from lora_recipes.planning.sections import (
+    BaseModel,
+    DataSection,
+    DataSource,
+    Plan,
+    SplitSummary,
+    Steps,
+    TokenLengths,
+    Training,
+)
 from lora_recipes.recipe.loader import LoadedRecipe
-from lora_recipes.recipe.types import Recipe, Trainer
+from lora_recipes.recipe.types import Trainer
+
+__all__ = ["Counts", "Plan", "Steps", "build_plan", "estimate_on", "optimizer_steps", "trainer_steps"]
 
 # Target modules LoRAX can serve for Llama/Mistral-style models (its adapter loader skips others).
 LORAX_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"}
 
+EXPECTED_BASIS = "recipe expectations (data.expected_rows, data.expected_tokens); every row assumed at that length"
+
 
 @dataclass(frozen=True)
-class Steps:
-    micro_batches_per_epoch: int
-    per_epoch: int
-    total: int
-    epochs: float
-    validations: int
+class Counts:
+    """The row and token counts a plan is computed from, and where they come from (`basis`).
+    A count left None is taken from the data report, else from the recipe's expectations."""
+
+    train_rows: int | None = None
+    validation_rows: int | None = None
+    train_tokens_per_epoch: int | None = None  # computed tokens of one epoch, padding included
+    validation_tokens: int | None = None  # computed tokens of one validation pass
+    max_length: int | None = None
+    basis: str | None = None
+
+    def or_else(self, other: Counts) -> Counts:
+        """These counts, with `other`'s where these have none."""
+        return replace(self, **{f.name: getattr(other, f.name) for f in fields(self) if getattr(self, f.name) is None})
 
 
 def optimizer_steps(
@@ -81,239 +105,184 @@ def resolve_architecture(loaded: LoadedRecipe) -> Architecture | None:
     return find_architecture(loaded.recipe.base_model, source.local_dir if source else None)
 
 
-def adapter_warnings(recipe: Recipe, arch: Architecture | None) -> list[str]:
+def build_plan(
+    loaded: LoadedRecipe,
+    *,
+    data: Mapping[str, Any] | None = None,
+    measured: Counts | None = None,
+    processes: int = 1,
+) -> Plan:
+    """The plan of `loaded`. Counts come from `measured` (what train measured on the prepared
+    data), else from `data`, the data pipeline's report, else from the recipe's expectations.
+    A report with splits also becomes the plan's data section; one without (`{}`, as synthetic
+    data has) gives no data section and no counts."""
+    recipe, t, adapter = loaded.recipe, loaded.recipe.trainer, loaded.recipe.adapter
+    report = data if data is not None and "splits" in data else None
+    expected = expected_counts(
+        recipe.data.expected_rows.train,
+        recipe.data.expected_rows.validation,
+        recipe.preprocessing.global_max_sequence_length,
+        recipe.data.expected_tokens,
+    )
+    counts = plan_counts(measured, report, t.batch_size, expected)
+    arch = resolve_architecture(loaded)
+    rows_known = counts.train_rows is not None or t.train_steps is not None
+    steps = trainer_steps(t, train_rows=counts.train_rows or 0, processes=processes) if rows_known else None
+    training = Training(
+        base_model=BaseModel(recipe.base_model, arch),
+        trainable_params=trainable_params(arch, adapter.type, adapter.target_modules, adapter.r),
+        processes=processes,
+        effective_batch_size=t.batch_size * t.gradient_accumulation_steps * processes,
+        max_length=counts.max_length,
+        steps=steps,
+    )
+    q = recipe.quantization
+    method = Method(q.bits, q.bnb_4bit_use_double_quant, t.enable_gradient_checkpointing)
+    est = plan_estimate(training, counts, method, t.batch_size, recipe.cost.gpu, recipe.cost.price_per_hour_usd)
+    warnings = [
+        *adapter_warnings(adapter.type, adapter.target_modules, arch),
+        *(report["warnings"] if report is not None else ()),
+        *memory_warnings(est),
+    ]
+    section = data_section(report, steps) if report is not None else None
+    return Plan(loaded.name, loaded.resolved, training, est, tuple(warnings), section)
+
+
+def estimate_on(plan: Plan, gpu: str, price_override: float | None) -> Estimate | UnknownEstimate:
+    """The plan's run priced on `gpu` (a table entry, or a MIG slice of one: see estimate.py), at
+    `price_override` per hour when given: the same workload, nothing rebuilt."""
+    if isinstance(plan.estimate, UnknownEstimate):
+        return replace(plan.estimate, gpu=gpu)
+    return estimate(plan.estimate.architecture, plan.estimate.workload, gpu, price_override)
+
+
+# --- counts --------------------------------------------------------------------------------------
+
+
+def expected_counts(
+    train_rows: int | None, validation_rows: int | None, length_setting: int | str, expected_tokens: int | None
+) -> Counts:
+    """What the recipe expects: every row at a fixed max length if it sets one, else at `expected_tokens`."""
+    length = length_setting if isinstance(length_setting, int) else expected_tokens
+    return Counts(train_rows, validation_rows, max_length=length, basis=EXPECTED_BASIS)
+
+
+def report_counts(report: Mapping[str, Any]) -> Counts:
+    """The counts a data report measured (its basis is `measured_basis`)."""
+    splits = report["splits"]
+    return Counts(
+        train_rows=splits["train"]["examples"],
+        validation_rows=splits["validation"]["examples"] if "validation" in splits else 0,
+        train_tokens_per_epoch=report["computed_tokens_per_epoch"],
+        validation_tokens=report["validation_tokens"],
+        max_length=report["max_length"],
+    )
+
+
+def measured_basis(train_rows: int | None, batch_size: int, approximate: bool) -> str:
+    return (
+        f"measured: {train_rows:,} training rows at their token lengths after the cut"
+        f" (padding for batch size {batch_size} included)" + (", with APPROXIMATE token counts" if approximate else "")
+    )
+
+
+def plan_counts(measured: Counts | None, report: Mapping[str, Any] | None, batch_size: int, expected: Counts) -> Counts:
+    """`measured`, then the report's counts, then `expected`: the first one known of each."""
+    counts = measured or Counts()
+    if report is not None:
+        counts = counts.or_else(report_counts(report))
+        if counts.basis is None:
+            approximate = report["data"]["tokenizer"]["approximate"]
+            counts = replace(counts, basis=measured_basis(counts.train_rows, batch_size, approximate))
+    return counts.or_else(expected)
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def trainable_params(
+    arch: Architecture | None, adapter_type: str, target_modules: tuple[str, ...], r: int
+) -> int | None:
+    if arch is None:
+        return None
+    return lora_trainable_params(arch, target_modules, r) if adapter_type == "lora" else arch.total_params
+
+
+def data_section(report: Mapping[str, Any], steps: Steps | None) -> DataSection:
+    """The data report as the plan's data section, plus what follows from it and the steps: the
+    tokens that training will read (and the answer tokens the loss covers) over the whole run."""
+    epochs = steps.epochs if steps else 0.0
+    return DataSection(
+        source=DataSource.from_json(report["data"]),
+        splits={name: SplitSummary.from_json(split) for name, split in report["splits"].items()},
+        tokens=TokenLengths.from_json(report["tokens"]),
+        max_length_setting=report["max_length_setting"],
+        tokens_to_train=round(report["train_tokens_per_epoch"] * epochs),
+        target_tokens_to_train=round(report["target_tokens_per_epoch"] * epochs),
+    )
+
+
+# --- the estimate --------------------------------------------------------------------------------
+
+
+def missing_inputs(training: Training) -> list[str]:
+    """What an estimate needs that the plan does not know."""
+    missing = []
+    if training.steps is None:
+        missing.append("the number of training rows (data.expected_rows.train)")
+    if training.max_length is None:
+        missing.append("a token length (data.expected_tokens or an integer preprocessing.global_max_sequence_length)")
+    if training.base_model.architecture is None:
+        missing.append("the base model's shape (not a known architecture and no local config.json)")
+    return missing
+
+
+def plan_workload(training: Training, counts: Counts, method: Method, batch_size: int) -> Workload:
+    """What the planned run computes: its steps' rows at their measured (or expected) token counts."""
+    steps, length, trainable = training.steps, training.max_length, training.trainable_params
+    assert steps is not None and length is not None and trainable is not None and counts.basis is not None
+    examples = steps.total * training.effective_batch_size
+    rows, per_epoch = counts.train_rows, counts.train_tokens_per_epoch
+    train_tokens = int(per_epoch * examples / rows) if per_epoch is not None and rows else examples * length
+    per_validation = counts.validation_tokens
+    if per_validation is None:
+        per_validation = (counts.validation_rows or 0) * length
+    return Workload(
+        method, trainable, train_tokens, per_validation * steps.validations, batch_size * length, counts.basis
+    )
+
+
+def plan_estimate(
+    training: Training, counts: Counts, method: Method, batch_size: int, gpu: str, price_override: float | None
+) -> Estimate | UnknownEstimate:
+    missing = missing_inputs(training)
+    if missing:
+        return UnknownEstimate(gpu, "unknown: " + "; ".join(missing))
+    arch = training.base_model.architecture
+    assert arch is not None
+    return estimate(arch, plan_workload(training, counts, method, batch_size), gpu, price_override)
+
+
+# --- warnings ------------------------------------------------------------------------------------
+
+
+def adapter_warnings(adapter_type: str, target_modules: tuple[str, ...], arch: Architecture | None) -> list[str]:
     warnings: list[str] = []
-    targets = recipe.adapter.target_modules
-    if recipe.adapter.type == "lora":
-        ignored = [m for m in targets if m != "all-linear" and m not in LORAX_MODULES]
+    if adapter_type == "lora":
+        ignored = [m for m in target_modules if m != "all-linear" and m not in LORAX_MODULES]
         if ignored:
             warnings.append(f"LoRAX ignores adapters on {', '.join(ignored)}; vLLM and peft load them")
         if arch is not None:
-            unknown = unknown_target_modules(arch, targets)
+            unknown = unknown_target_modules(arch, target_modules)
             if unknown:
                 warnings.append(f"{arch.name} has no module named {', '.join(unknown)}")
     return warnings
 
 
-def build_plan(
-    loaded: LoadedRecipe,
-    *,
-    train_rows: int | None = None,
-    validation_rows: int | None = None,
-    train_tokens_per_epoch: int | None = None,
-    validation_tokens: int | None = None,
-    max_length: int | None = None,
-    processes: int = 1,
-    basis: str | None = None,
-    data: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The plan as a JSON-ready mapping. Row and token counts default to the recipe's expectations;
-    `train_tokens_per_epoch` counts computed tokens (padding included). `data`, the data
-    pipeline's report, supplies measured counts where no argument gives them and is merged in as
-    the plan's data section, so `plan --format json` and a run's plan.json have one layout."""
-    recipe = loaded.recipe
-    t = recipe.trainer
-    if data is not None:  # measured counts; arguments given explicitly (by train) still win
-        measured = data["splits"]
-        if train_rows is None:
-            train_rows = measured["train"]["examples"]
-        if validation_rows is None:
-            validation_rows = measured["validation"]["examples"] if "validation" in measured else 0
-        if train_tokens_per_epoch is None:
-            train_tokens_per_epoch = data["computed_tokens_per_epoch"]
-        if validation_tokens is None:
-            validation_tokens = data["validation_tokens"]
-        if max_length is None:
-            max_length = data["max_length"]
-        tokenizer = data["data"]["tokenizer"]
-        basis = basis or (
-            f"measured: {train_rows:,} training rows at their token lengths after the cut"
-            f" (padding for batch size {t.batch_size} included)"
-            + (", with APPROXIMATE token counts" if tokenizer["approximate"] else "")
-        )
-    arch = resolve_architecture(loaded)
-    expected = recipe.data.expected_rows
-    rows = train_rows if train_rows is not None else expected.train
-    val_rows = validation_rows if validation_rows is not None else expected.validation
-    setting = recipe.preprocessing.global_max_sequence_length
-    length = (
-        max_length if max_length is not None else (setting if isinstance(setting, int) else recipe.data.expected_tokens)
-    )
-    basis = basis or "recipe expectations (data.expected_rows, data.expected_tokens); every row assumed at that length"
-
-    plan: dict[str, Any] = {
-        "name": loaded.name,
-        "recipe": loaded.resolved,
-        "effective_batch_size": t.batch_size * t.gradient_accumulation_steps * processes,
-        "processes": processes,
-        "base_model": {
-            "id": recipe.base_model,
-            "architecture": arch.name if arch else None,
-            "total_params": arch.total_params if arch else None,
-        },
-        "lora_trainable_params": (
-            lora_trainable_params(arch, recipe.adapter.target_modules, recipe.adapter.r)
-            if arch and recipe.adapter.type == "lora"
-            else (arch.total_params if arch else None)
-        ),
-        "max_length": length,
-        "steps": None,
-        "estimate": None,
-        "warnings": adapter_warnings(recipe, arch),
-    }
-    missing = []
-    if rows is None and t.train_steps is None:
-        missing.append("the number of training rows (data.expected_rows.train)")
-    if length is None:
-        missing.append("a token length (data.expected_tokens or an integer preprocessing.global_max_sequence_length)")
-    if arch is None:
-        missing.append("the base model's shape (not a known architecture and no local config.json)")
-    if rows is not None or t.train_steps is not None:
-        steps = trainer_steps(t, train_rows=rows or 0, processes=processes)
-        plan["steps"] = {
-            "per_epoch": steps.per_epoch,
-            "total": steps.total,
-            "epochs": steps.epochs,
-            "validations": steps.validations,
-        }
-    if data is not None:
-        plan.update(data_section(data, plan["steps"]))
-        plan["warnings"] += data["warnings"]
-    if missing:
-        plan["estimate"] = {
-            "gpu": recipe.cost.gpu,
-            "hours": None,
-            "cost_usd": None,
-            "reason": "unknown: " + "; ".join(missing),
-        }
-        return plan
-    assert arch is not None and length is not None and plan["steps"] is not None
-    examples = plan["steps"]["total"] * plan["effective_batch_size"]
-    if train_tokens_per_epoch is not None and rows:
-        train_tokens = int(train_tokens_per_epoch * examples / rows)
-    else:
-        train_tokens = examples * length
-    val_tokens = validation_tokens if validation_tokens is not None else (val_rows or 0) * length
-    est = estimate(
-        total_params=arch.total_params,
-        trainable_params=plan["lora_trainable_params"],
-        hidden_size=arch.hidden_size,
-        num_layers=arch.num_layers,
-        vocab_size=arch.vocab_size,
-        embedding_params=arch.embedding_params,
-        bits=recipe.quantization.bits,
-        double_quant=recipe.quantization.bnb_4bit_use_double_quant,
-        gradient_checkpointing=t.enable_gradient_checkpointing,
-        train_tokens=train_tokens,
-        validation_tokens=val_tokens * plan["steps"]["validations"],
-        batch_size=t.batch_size,
-        max_length=length,
-        gpu=recipe.cost.gpu,
-        price_per_hour_usd=recipe.cost.price_per_hour_usd,
-        basis=basis,
-    )
-    plan["estimate"] = est.to_json()
-    if not est.fits_in_memory:
-        plan["warnings"].append(
-            f"the estimated peak memory ({est.peak_memory_bytes / 2**30:.1f} GiB) exceeds the {recipe.cost.gpu}'s;"
-            " lower trainer.batch_size or the max length, or enable trainer.enable_gradient_checkpointing"
-        )
-    return plan
-
-
-DATA_KEYS = ("data", "splits", "tokens", "max_length_setting", "truncated_rows", "dropped_rows", "skipped_rows")
-
-
-def data_section(data: Mapping[str, Any], steps: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The data report's keys for the plan, plus what follows from them and the steps: the tokens
-    that training will read (and the answer tokens the loss covers) over the whole run."""
-    section = {k: data[k] for k in DATA_KEYS}
-    section["split_hashes"] = dict(data["split_hashes"])
-    epochs = steps["epochs"] if steps else 0.0
-    section["tokens_to_train"] = round(data["train_tokens_per_epoch"] * epochs)
-    section["target_tokens_to_train"] = round(data["target_tokens_per_epoch"] * epochs)
-    return section
-
-
-def _fmt_int(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else "unknown"
-
-
-def render_plan_text(plan: dict[str, Any], resolved_yaml: str) -> str:
-    """A human-readable plan: the resolved recipe, then what follows from it."""
-    lines = [f"# plan for {plan['name']}", "", "## resolved recipe", "", resolved_yaml.rstrip(), ""]
-    if "splits" in plan:
-        lines += [*render_data_section(plan), ""]
-    lines.append("## training")
-    base = plan["base_model"]
-    arch = base["architecture"] or "unknown architecture"
-    lines.append(f"base model          {base['id']} ({arch}, {_fmt_int(base['total_params'])} parameters)")
-    lines.append(f"trainable params    {_fmt_int(plan['lora_trainable_params'])}")
-    lines.append(f"effective batch     {plan['effective_batch_size']} rows per optimizer step")
-    lines.append(f"max length          {_fmt_int(plan['max_length'])} tokens")
-    steps = plan["steps"]
-    if steps:
-        lines.append(
-            f"steps               {steps['total']:,} ({steps['per_epoch']:,} per epoch, {steps['epochs']} epochs, {steps['validations']} validations)"
-        )
-    else:
-        lines.append("steps               unknown (needs the number of training rows)")
-    est = plan["estimate"]
-    lines += ["", f"## estimate on {est['gpu']}"]
-    if est.get("hours") is None:
-        lines.append(est.get("reason", "unknown"))
-    else:
-        lines.append(f"time                {est['hours']:.2f} GPU-hours at ~{est['tokens_per_second']:,.0f} tokens/s")
-        lines.append(f"cost                ${est['cost_usd']:.2f} at ${est['price_per_hour_usd']:.2f}/GPU-hour")
-        lines.append(
-            f"peak memory         {est['peak_memory_bytes'] / 2**30:.1f} GiB ({'fits' if est['fits_in_memory'] else 'does NOT fit'})"
-        )
-        lines.append(f"basis               {est['basis']}")
-    if plan["warnings"]:
-        lines += ["", "## warnings"] + [f"- {w}" for w in plan["warnings"]]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else "-"
-
-
-def render_data_section(plan: dict[str, Any]) -> list[str]:
-    data = plan["data"]
-    tokenizer = data["tokenizer"]
-    few = data["few_shot"]
-    lines = ["## data", "", f"source              {data['source']}"]
-    if tokenizer["approximate"]:
-        lines.append(f"tokenizer           {tokenizer['stands_in_for']}: {tokenizer['note']}")
-    else:
-        lines.append(f"tokenizer           {tokenizer['name']}")
-    if few["type"] == "retrieval":
-        lines.append(
-            f"few-shot examples   {few['count']} rows drawn from train (seed {few['seed']}), kept out of training"
-        )
-    elif few["type"] == "fixed":
-        lines.append(f"few-shot examples   {few['count']} fixed in the recipe")
-    lines += ["", f"{'split':<12}{'rows':>9}{'examples':>10}{'skipped':>9}{'truncated':>11}{'dropped':>9}  from"]
-    for name, split in plan["splits"].items():
-        origin = split["from"] + ("" if split["used"] else " (not used by this recipe)")
-        lines.append(
-            f"{name:<12}{_cell(split['rows']):>9}{_cell(split.get('examples')):>10}{_cell(split['skipped_rows']):>9}"
-            f"{_cell(split.get('truncated_rows')):>11}{_cell(split.get('dropped_rows')):>9}  {origin}"
-        )
-    lines += ["", f"{'tokens (train)':<16}" + "".join(f"{k:>8}" for k in ("min", "p50", "p95", "p99", "max", "mean"))]
-    for part in ("prompt", "target", "total"):
-        stats = plan["tokens"][part]
-        lines.append(f"{part:<16}" + "".join(f"{stats[k]:>8,}" for k in ("min", "p50", "p95", "p99", "max", "mean")))
-    setting = plan["max_length_setting"]
-    how = (
-        f"{setting} of the training rows' prompt+answer lengths" if isinstance(setting, str) else "fixed in the recipe"
-    )
-    lines += [
-        "",
-        f"max length          {plan['max_length']:,} tokens ({how}); truncated {plan['truncated_rows']:,} rows,"
-        f" dropped {plan['dropped_rows']:,}",
-        f"tokens to train     {plan['tokens_to_train']:,} ({plan['target_tokens_to_train']:,} of them answer tokens,"
-        " which the loss covers)",
+def memory_warnings(est: Estimate | UnknownEstimate) -> list[str]:
+    if isinstance(est, UnknownEstimate) or est.fits_in_memory:
+        return []
+    return [
+        f"the estimated peak memory ({est.peak_memory_bytes / 2**30:.1f} GiB) exceeds the {est.gpu}'s;"
+        " lower trainer.batch_size or the max length, or enable trainer.enable_gradient_checkpointing"
     ]
-    lines += [f"split hash          {name}: {h}" for name, h in plan["split_hashes"].items()]
-    return lines
