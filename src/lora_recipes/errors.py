@@ -48,6 +48,22 @@ class Issue:
         }
 
 
+@dataclass(frozen=True)
+class Notice(Issue):
+    """A warning or a note about a valid recipe (what a server would need a flag for, or run
+    slower): printed with its place like an error, but it never makes a recipe invalid."""
+
+    severity: str = "warning"
+
+    def __str__(self) -> str:
+        where = f"{self.location}: {self.severity}: " + (f"{self.path}: " if self.path else "")
+        hint = f" ({self.hint})" if self.hint else ""
+        return f"{where}{self.message}{hint}"
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "severity": self.severity}
+
+
 class LoraRecipesError(Exception):
     """Base class; `exit_code` is what the CLI exits with."""
 

@@ -7,5 +7,6 @@
 one place defaults live (`schema.py` reads it); `types.py` holds the typed recipe; `checks.py`
 turns schema errors into messages with places; `rules.py` is the registry of cross-field rules;
 `yamlio.py` parses YAML with positions and refuses what is unsafe; `template.py` parses prompt
-templates. Nothing here imports torch or any other heavy library.
+templates; `serving.py` holds what vLLM and LoRAX accept of an adapter (the serving rules and
+`check-adapter` use it). Nothing here imports torch or any other heavy library.
 """

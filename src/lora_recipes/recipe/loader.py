@@ -2,7 +2,8 @@
 
     raw mapping (positions kept) -> overrides -> schema + cross-field rules -> defaults -> Recipe
 
-Every mistake on the way is collected and raised together as one `RecipeInvalid`.
+Every mistake on the way is collected and raised together as one `RecipeInvalid`; a valid recipe
+carries its warnings and notes (`LoadedRecipe.notices`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_recipes.errors import Issue, Location, RecipeInvalid, UserError
+from lora_recipes.errors import Issue, Location, Notice, RecipeInvalid, UserError
 from lora_recipes.recipe.checks import schema_issues, unusable_numbers
-from lora_recipes.recipe.rules import rule_issues
+from lora_recipes.recipe.rules import rule_issues, serving_notices
 from lora_recipes.recipe.schema import fill_defaults
 from lora_recipes.recipe.types import Recipe, build
 from lora_recipes.recipe.yamlio import Document, KeyPath, dotted, parse_yaml
@@ -61,12 +62,14 @@ class Origins:
 
 @dataclass(frozen=True)
 class LoadedRecipe:
-    """A valid recipe with what produced it."""
+    """A valid recipe with what produced it, and its notices (warnings and notes that do not make
+    it invalid: what a server needs a flag for, or runs slower)."""
 
     path: Path
     recipe: Recipe
     resolved: dict[str, Any]
     from_command_line: frozenset[KeyPath]
+    notices: tuple[Notice, ...] = ()
 
     @property
     def name(self) -> str:
@@ -313,4 +316,5 @@ def load_recipe(
         recipe=build(Recipe, resolved),
         resolved=resolved,
         from_command_line=frozenset(origins.overridden),
+        notices=tuple(serving_notices(data, origins.locate)),
     )

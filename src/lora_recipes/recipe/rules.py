@@ -8,6 +8,10 @@ every violation, so all mistakes are reported together.
 
 Every rule has an invalid recipe in `tests/fixtures/invalid/` that declares `# rule: <name>` and the
 exact message it produces; the fixtures test fails for a rule without one.
+
+The serving rules report the errors of `recipe/serving.py` (what vLLM or LoRAX would refuse
+whatever its flags) for the servers in `serving.targets`; its warnings and notes (a flag to pass,
+a slower path) do not make a recipe invalid: `serving_notices` returns them, placed like errors.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lora_recipes.errors import Issue
+from lora_recipes.errors import Issue, Notice
 from lora_recipes.recipe.checks import Locate, did_you_mean
 from lora_recipes.recipe.schema import fill_defaults
+from lora_recipes.recipe.serving import Finding, check_adapter
 from lora_recipes.recipe.template import TemplateError, parse_template
 from lora_recipes.recipe.yamlio import KeyPath, dotted
 
@@ -279,6 +284,89 @@ def paged_optimizer_needs_cuda(data: dict[str, Any]) -> Iterator[Violation]:
     optimizer = _get(data, ("trainer", "optimizer", "type"), str)
     if optimizer == "paged_adamw_8bit" and _get(data, ("trainer", "device"), str) == "cpu":
         yield Violation(("trainer", "optimizer", "type"), "paged_adamw_8bit needs a CUDA GPU", "use adamw on the CPU")
+
+
+# --- serving: what vLLM and LoRAX accept (recipe/serving.py) ---------------------------------------
+
+# Where a finding about an adapter setting (adapter_config.json's key) is reported in a recipe.
+_SETTING_PATHS: dict[str, KeyPath] = {
+    "r": ("adapter", "r"),
+    "bias": ("adapter", "bias"),
+    "target_modules": ("adapter", "target_modules"),
+}
+
+
+def serving_findings(data: dict[str, Any]) -> list[Finding]:
+    """What the servers in `serving.targets` would refuse or run slower with the adapter of a
+    recipe (defaults filled in); nothing for full fine-tuning or `serving.targets: []`."""
+    targets = _get(data, ("serving", "targets"), list)
+    if _get(data, ("adapter", "type"), str) != "lora" or not targets:
+        return []
+    modules = _get(data, ("adapter", "target_modules"), list)
+    return check_adapter(
+        r=_get(data, ("adapter", "r"), int),
+        target_modules=None if modules is None else [m for m in modules if isinstance(m, str)],
+        bias=_get(data, ("adapter", "bias"), str),
+        base_model=_get(data, ("base_model",), str),
+        targets=[t for t in targets if isinstance(t, str)],
+    )
+
+
+def _finding_path(data: dict[str, Any], finding: Finding) -> KeyPath:
+    """The recipe key a finding is reported at: the first module it names, when it names some."""
+    path = _SETTING_PATHS.get(finding.setting, ("adapter",))
+    modules = _get(data, path, list) or []
+    if finding.modules and finding.modules[0] in modules:
+        return (*path, modules.index(finding.modules[0]))
+    return path
+
+
+def _serving_errors(data: dict[str, Any], code: str) -> Iterator[Violation]:
+    for f in serving_findings(data):
+        if f.code == code and f.severity == "error":
+            yield Violation(_finding_path(data, f), f.message, f"{f.fix}, or leave {f.server} out of serving.targets")
+
+
+def serving_notices(raw: Any, locate: Locate) -> list[Notice]:
+    """The serving warnings and notes of a valid recipe, each placed at the key it is about."""
+    if not isinstance(raw, dict):
+        return []
+    data = fill_defaults(raw)
+    notices = []
+    for f in serving_findings(data):
+        if f.severity != "error":
+            path = _finding_path(data, f)
+            notices.append(Notice(locate(path, False), dotted(path), f.message, f.fix, severity=f.severity))
+    return notices
+
+
+@rule
+def vllm_serves_the_rank(data: dict[str, Any]) -> Iterator[Violation]:
+    """An adapter rank above 512 with vllm in `serving.targets`: vLLM's largest --max-lora-rank is
+    512, so no flag makes it load the adapter (ranks up to 512 only need the flag: a warning)."""
+    yield from _serving_errors(data, "vllm.rank_above_max")
+
+
+@rule
+def vllm_serves_without_bias(data: dict[str, Any]) -> Iterator[Violation]:
+    """`adapter.bias` other than none with vllm in `serving.targets`: vLLM refuses adapters that
+    train biases (current releases have no flag for them)."""
+    yield from _serving_errors(data, "vllm.bias")
+
+
+@rule
+def vllm_serves_the_target_modules(data: dict[str, Any]) -> Iterator[Violation]:
+    """A target module vLLM has no LoRA for on the base model's architecture (mostly a typo), with
+    vllm in `serving.targets`: vLLM refuses the whole adapter."""
+    yield from _serving_errors(data, "vllm.unknown_modules")
+
+
+@rule
+def lorax_serves_the_target_modules(data: dict[str, Any]) -> Iterator[Violation]:
+    """A target module LoRAX does not serve on the base model's architecture (embed_tokens; lm_head
+    on Gemma), with lorax in `serving.targets`: LoRAX drops it with only a log warning, so it would
+    serve another adapter than the one trained and scored."""
+    yield from _serving_errors(data, "lorax.dropped_modules")
 
 
 # --- data sources (checked last) -----------------------------------------------------------------

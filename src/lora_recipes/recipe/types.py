@@ -190,6 +190,11 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Serving:
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Cost:
     gpu: str
     price_per_hour_usd: float | None
@@ -212,6 +217,7 @@ class Recipe:
     trainer: Trainer
     generation: Generation
     evaluation: Evaluation
+    serving: Serving
     cost: Cost
     output_directory: str
 
