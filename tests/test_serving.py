@@ -481,3 +481,15 @@ def test_parse_targets() -> None:
     assert parse_targets("") == ()
     with pytest.raises(UserError, match="unknown server 'tgi'"):
         parse_targets("tgi")
+
+
+def test_plan_lists_the_serving_warnings_and_notes() -> None:
+    result = CliRunner().invoke(
+        app, ["plan", "recipes/glue_sst2.yaml", "--no-data", "--set", "adapter.r=24", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    warnings = json.loads(result.output)["warnings"]
+    assert any("--max-lora-rank 32" in w for w in warnings)
+    assert any(w.startswith("note: LoRAX pads rank 24 to 32") for w in warnings)
+    plain = CliRunner().invoke(app, ["plan", "recipes/glue_sst2.yaml", "--no-data", "--format", "json"])
+    assert json.loads(plain.output)["warnings"] == []

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from lora_recipes.errors import UserError
+from lora_recipes.errors import Notice, UserError
 from lora_recipes.model.architectures import (
     Architecture,
     find_architecture,
@@ -38,9 +38,6 @@ from lora_recipes.recipe.loader import LoadedRecipe
 from lora_recipes.recipe.types import Trainer
 
 __all__ = ["Counts", "Plan", "Steps", "build_plan", "estimate_on", "optimizer_steps", "trainer_steps"]
-
-# Target modules LoRAX can serve for Llama/Mistral-style models (its adapter loader skips others).
-LORAX_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"}
 
 EXPECTED_BASIS = "recipe expectations (data.expected_rows, data.expected_tokens); every row assumed at that length"
 
@@ -141,6 +138,7 @@ def build_plan(
     est = plan_estimate(training, counts, method, t.batch_size, recipe.cost.gpu, recipe.cost.price_per_hour_usd)
     warnings = [
         *adapter_warnings(adapter.type, adapter.target_modules, arch),
+        *(_notice_text(n) for n in loaded.notices),  # serving checks
         *(report["warnings"] if report is not None else ()),
         *memory_warnings(est),
     ]
@@ -267,16 +265,11 @@ def plan_estimate(
 
 
 def adapter_warnings(adapter_type: str, target_modules: tuple[str, ...], arch: Architecture | None) -> list[str]:
-    warnings: list[str] = []
-    if adapter_type == "lora":
-        ignored = [m for m in target_modules if m != "all-linear" and m not in LORAX_MODULES]
-        if ignored:
-            warnings.append(f"LoRAX ignores adapters on {', '.join(ignored)}; vLLM and peft load them")
-        if arch is not None:
-            unknown = unknown_target_modules(arch, target_modules)
-            if unknown:
-                warnings.append(f"{arch.name} has no module named {', '.join(unknown)}")
-    return warnings
+    """Target modules the architecture does not have (what servers accept is in recipe.serving)."""
+    if adapter_type != "lora" or arch is None:
+        return []
+    unknown = unknown_target_modules(arch, target_modules)
+    return [f"{arch.name} has no module named {', '.join(unknown)}"] if unknown else []
 
 
 def memory_warnings(est: Estimate | UnknownEstimate) -> list[str]:
@@ -286,3 +279,8 @@ def memory_warnings(est: Estimate | UnknownEstimate) -> list[str]:
         f"the estimated peak memory ({est.peak_memory_bytes / 2**30:.1f} GiB) exceeds the {est.gpu}'s;"
         " lower trainer.batch_size or the max length, or enable trainer.enable_gradient_checkpointing"
     ]
+
+
+def _notice_text(notice: Notice) -> str:
+    prefix = "" if notice.severity == "warning" else f"{notice.severity}: "
+    return prefix + notice.message + (f" ({notice.hint})" if notice.hint else "")
