@@ -85,7 +85,9 @@ def validate(
 ) -> None:
     """Check recipes against the schema and report every mistake with its line.
 
-    Exit code 0 when all are valid, 2 when any is not.
+    Also prints warnings and notes, with their lines: what a server in serving.targets needs a
+    flag for (--max-lora-rank 64) or runs slower. Exit code 0 when all are valid (warnings
+    included), 2 when any is not.
 
     Example: lora-recipes validate recipes/*.yaml
     """
@@ -94,14 +96,23 @@ def validate(
     results: list[dict[str, Any]] = []
     for file in files:
         try:
-            load_recipe(file)
-            results.append({"file": str(file), "valid": True, "errors": []})
+            notices = load_recipe(file).notices
+            results.append(
+                {
+                    "file": str(file),
+                    "valid": True,
+                    "errors": [],
+                    "warnings": [n.to_json() for n in notices],
+                    "lines": [str(n) for n in notices],
+                }
+            )
         except RecipeInvalid as exc:
             results.append(
                 {
                     "file": str(file),
                     "valid": False,
                     "errors": [i.to_json() for i in exc.issues],
+                    "warnings": [],
                     "lines": [str(i) for i in exc.issues],
                 }
             )
@@ -120,29 +131,42 @@ def validate(
                             "hint": None,
                         }
                     ],
+                    "warnings": [],
                     "lines": [str(exc)],
                 }
             )
     invalid = [r for r in results if not r["valid"]]
     errors = sum(len(r["errors"]) for r in invalid)
+    severities = [n["severity"] for r in results for n in r["warnings"]]
     if format is Format.json:
         for r in results:
             r.pop("lines", None)
         typer.echo(
             json.dumps(
-                {"files": results, "valid": len(results) - len(invalid), "invalid": len(invalid), "errors": errors},
+                {
+                    "files": results,
+                    "valid": len(results) - len(invalid),
+                    "invalid": len(invalid),
+                    "errors": errors,
+                    "warnings": len(severities),
+                },
                 indent=2,
             )
         )
     else:
-        for r in invalid:
+        for r in results:
             for line in r["lines"]:
                 typer.echo(line)
         noun = "recipe" if len(results) == 1 else "recipes"
+        counts = [f"{errors} error{'s' if errors != 1 else ''}"] if invalid else []
+        for severity in ("warning", "note"):
+            n = severities.count(severity)
+            counts += [f"{n} {severity}{'s' if n != 1 else ''}"] if n else []
+        summary = f" ({', '.join(counts)})" if counts else ""
         if invalid:
-            typer.echo(f"{len(invalid)} of {len(results)} {noun} invalid ({errors} error{'s' if errors != 1 else ''})")
+            typer.echo(f"{len(invalid)} of {len(results)} {noun} invalid{summary}")
         else:
-            typer.echo(f"{len(results)} {noun} valid")
+            typer.echo(f"{len(results)} {noun} valid{summary}")
     if invalid:
         raise typer.Exit(2)
 
@@ -169,7 +193,8 @@ def plan(
     import yaml
 
     from lora_recipes.errors import UserError
-    from lora_recipes.planning.plan import build_plan, render_plan_text
+    from lora_recipes.planning.plan import build_plan
+    from lora_recipes.planning.render import render_plan_text
     from lora_recipes.recipe.loader import load_recipe
 
     try:
@@ -185,7 +210,7 @@ def plan(
     except LoraRecipesError as exc:
         raise fail(exc) from None
     if format is Format.json:
-        typer.echo(json.dumps(result, indent=2, default=str))
+        typer.echo(json.dumps(result.to_json(), indent=2, default=str))
     else:
         typer.echo(
             render_plan_text(result, yaml.safe_dump(loaded.resolved, sort_keys=False, allow_unicode=True)), nl=False
@@ -310,11 +335,19 @@ def evaluate(
 
     Writes eval.json, predictions-<system>.jsonl and table.md (default folder: inside the run
     directory, or evals/<name>-<time>), and prints the table beside LoRA Land's scores. Running
-    again with the same --output asks only for the answers still missing.
+    again with the same --output asks only for the answers still missing. Exit code 1 when a system
+    got no answer at all (a failed request of a system that answered others scores 0 and is
+    counted); Ctrl-C keeps the answers so far and exits with code 130.
 
     Example: lora-recipes evaluate recipes/glue_sst2.yaml --adapter runs/glue_sst2-20250101-120000 --base
     """
-    from lora_recipes.evaluation.evaluate import ProgressLine, evaluate_recipe
+    from lora_recipes.evaluation.evaluate import (
+        Interrupted,
+        ProgressLine,
+        evaluate_recipe,
+        failed_systems,
+        failure_lines,
+    )
     from lora_recipes.evaluation.table import render_table
 
     try:
@@ -334,11 +367,30 @@ def evaluate(
         )
     except LoraRecipesError as exc:
         raise fail(exc) from None
+    except (Interrupted, KeyboardInterrupt) as exc:
+        saved = exc.output_dir if isinstance(exc, Interrupted) else None
+        if saved is None:
+            typer.echo("interrupted before any answer was asked; nothing was saved", err=True)
+        else:
+            typer.echo(
+                f"interrupted; the answers so far are saved in {saved}: run the same command again with "
+                f"--output {saved} to resume (only the missing answers are asked)",
+                err=True,
+            )
+        raise typer.Exit(130) from None
     if format is Format.json:
         typer.echo(json.dumps(result, indent=2))
     else:
         typer.echo(render_table(result), nl=False)
         typer.echo(f"\nwrote {output_dir}/eval.json, table.md and predictions-*.jsonl")
+    # Some failed requests: a result with a note (exit 0). A system with no answer at all: exit 1.
+    problems = failure_lines(result)
+    for line in problems:
+        typer.echo(line, err=True)
+    if problems:
+        typer.echo(f"run the same command again with --output {output_dir} to ask only for what failed", err=True)
+    if failed_systems(result):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -381,6 +433,145 @@ def schema() -> None:
     from lora_recipes.recipe.schema import schema_text
 
     sys.stdout.write(schema_text())
+
+
+@app.command("check-adapter")
+def check_adapter(
+    path: Annotated[
+        Path,
+        typer.Argument(help="A PEFT adapter folder, a run directory, or an adapter_config.json.", show_default=False),
+    ],
+    targets: Annotated[
+        str, typer.Option("--targets", metavar="SERVERS", help="Servers to check for, comma-separated (vllm, lorax).")
+    ] = "vllm,lorax",
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            metavar="MODEL",
+            help="The model the server runs, when not the adapter's own base_model_name_or_path.",
+        ),
+    ] = None,
+    format: FormatOption = Format.text,
+) -> None:
+    """Check that vLLM and LoRAX serve a saved adapter: what each would refuse or run slower, and
+    the flags to start it with (--max-lora-rank 64). The same checks `validate` runs on a recipe.
+
+    Exit code 0 when every target serves it (with flags or notes), 1 when a target refuses it,
+    2 when the adapter_config.json is missing or unreadable.
+
+    Example: lora-recipes check-adapter runs/jigsaw-20261201-101500 --targets vllm
+    """
+    from lora_recipes.adapter_check import check_adapter_path, parse_targets, render_text
+
+    try:
+        report = check_adapter_path(path, parse_targets(targets), base)
+    except LoraRecipesError as exc:
+        raise fail(exc) from None
+    if format is Format.json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        typer.echo(render_text(report), nl=False)
+    if report.refused_by():
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A training run directory, or its adapter/ folder.", show_default=False)
+    ],
+    merged: Annotated[
+        Path,
+        typer.Option(
+            "--merged",
+            metavar="OUT",
+            help="Write the adapter merged into its base model here: a plain transformers folder.",
+            show_default=False,
+        ),
+    ],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier export in OUT (never files it did not write).")
+    ] = False,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--dtype",
+            metavar="DTYPE",
+            help="float32, bfloat16 or float16. Default: model_parameters.dtype, else a 4-bit recipe's compute "
+            "dtype, else float32 on a CPU.",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", metavar="DEVICE", help="cpu, cuda or cuda:N. Default: the recipe's trainer.device."),
+    ] = None,
+) -> None:
+    """Merge a run's adapter into its base model and save the result as one model folder.
+
+    The base is loaded unquantized (never 4-bit) in the recipe's compute dtype, the adapter merged
+    into its weights, and OUT gets safetensors weights, the tokenizer, the generation config, a
+    model card (README.md) and lora_recipes_export.json. OUT appears whole or not at all; a
+    non-empty OUT is refused unless --overwrite, which replaces only an earlier export.
+
+    Example: lora-recipes export runs/jigsaw-20261201-101500 --merged models/jigsaw-merged
+    """
+    from lora_recipes.errors import UserError
+    from lora_recipes.recipe.loader import load_recipe
+    from lora_recipes.training.run_dir import RunLayout
+
+    try:
+        if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
+            raise UserError(f"--dtype {dtype}: use float32, bfloat16 or float16")
+        if device is not None and device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+            raise UserError(f"--device {device}: use cpu, cuda or cuda:N")
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: no such run directory")
+        is_adapter = (run_dir / "adapter_config.json").is_file()
+        layout = RunLayout(run_dir.parent if is_adapter else run_dir)
+        adapter_dir = run_dir if is_adapter else layout.adapter
+        if not layout.resolved_recipe.is_file():
+            raise UserError(
+                f"{run_dir}: not a run directory (nor the adapter folder of one): export needs the run's "
+                f"{layout.resolved_recipe.name} beside {layout.adapter.name}/"
+            )
+        if not (adapter_dir / "adapter_config.json").is_file():
+            if (layout.model / "config.json").is_file():
+                raise UserError(f"{run_dir}: a full fine-tuning run; its {layout.model.name}/ is already a whole model")
+            raise UserError(f"{run_dir}: the run has no adapter yet ({layout.adapter.name}/adapter_config.json)")
+        from lora_recipes.model.export import check_destination, export_dtype, export_merged
+
+        check_destination(merged, overwrite=overwrite)  # before seconds of loading
+        loaded = load_recipe(layout.resolved_recipe)
+        recipe = loaded.recipe
+
+        from lora_recipes.model import loading as models
+        from lora_recipes.model.source import load_options, recipe_model_source
+
+        on = device if device is not None and device.startswith("cuda:") else None
+        on = on or models.resolve_device(device or recipe.trainer.device)
+        chosen = dtype or export_dtype(
+            recipe_dtype=recipe.model_parameters.dtype,
+            bits=recipe.quantization.bits,
+            compute_dtype=recipe.quantization.bnb_4bit_compute_dtype,
+            device_type=on.split(":")[0],
+        )
+        models.quiet_transformers()
+        info = export_merged(
+            recipe_model_source(loaded),
+            adapter_dir,
+            merged,
+            load_options=load_options(loaded),
+            dtype=chosen,
+            device=on,
+            overwrite=overwrite,
+            name=loaded.name,
+            run=layout.root.resolve().name,
+            say=lambda line: typer.echo(line, err=True),
+        )
+    except LoraRecipesError as exc:
+        raise fail(exc) from None
+    typer.echo(f"merged model: {merged} ({chosen}, base {info.base.id})")
 
 
 def run() -> None:
