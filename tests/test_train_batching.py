@@ -9,7 +9,7 @@ import pytest
 from lora_recipes.data.types import IGNORE_INDEX, TokenizedSplit
 from lora_recipes.planning.plan import optimizer_steps
 from lora_recipes.training import batching
-from lora_recipes.training.train import lr_factor
+from lora_recipes.training.step import lr_factor
 
 
 def long_tailed_lengths(n: int, seed: int = 0) -> list[int]:

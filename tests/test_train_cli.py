@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from lora_recipes.cli import app
 from lora_recipes.training import run_dir as rundir
 from lora_recipes.training.checkpoint import checkpoint_dir, latest_checkpoint
+from lora_recipes.training.run_dir import RunLayout
 from test_train_support import (
     RECIPE,
     adapter_tensors,
@@ -93,7 +94,7 @@ def test_kill_9_then_resume_finishes_with_the_uninterrupted_adapter(
     process.kill()  # SIGKILL: no chance to clean up
     process.wait()
     assert not (run_dir / "cost_report.json").exists()
-    assert (run_dir / rundir.LOCK_FILE).exists()  # left behind by the dead process...
+    assert RunLayout(run_dir).lock.exists()  # left behind by the dead process...
     assert rundir.lock_holder(run_dir) is None  # ...and known to be stale
 
     result = runner.invoke(app, ["train", "--resume", str(run_dir)])
@@ -101,7 +102,7 @@ def test_kill_9_then_resume_finishes_with_the_uninterrupted_adapter(
     assert "resuming from checkpoints/step-" in result.output
     assert_same_tensors(adapter_tensors(run_dir / "adapter"), adapter_tensors(straight_run / "adapter"))
     assert [r["loss"] for r in metrics(run_dir)] == [r["loss"] for r in metrics(straight_run)]
-    assert not (run_dir / rundir.LOCK_FILE).exists()
+    assert not RunLayout(run_dir).lock.exists()
 
 
 def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_same(
@@ -118,7 +119,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_same(
     assert last is not None
     steps_done = metrics(run_dir)[-1]["step"]
     assert last.name == f"step-{steps_done:08d}" and steps_done < 150  # checkpoint at the step it stopped
-    assert not (run_dir / rundir.LOCK_FILE).exists()
+    assert not RunLayout(run_dir).lock.exists()
 
     result = runner.invoke(app, ["train", "--resume", str(run_dir)])
     assert result.exit_code == 0, result.output
@@ -163,17 +164,17 @@ def test_command_line_refusals_and_last_lines(tiny_model_dir: Path, reviews: Pat
 
     done = runner.invoke(app, ["train", "--resume", str(run_dir)])
     assert done.exit_code == 2 and "already finished" in done.stderr
-    validated = runner.invoke(app, ["validate", str(run_dir / rundir.RESOLVED_RECIPE)])
+    validated = runner.invoke(app, ["validate", str(RunLayout(run_dir).resolved_recipe)])
     assert validated.exit_code == 0, validated.output
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    RunLayout(tmp_path).lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
     with rundir.run_lock(tmp_path):
-        assert json.loads((tmp_path / rundir.LOCK_FILE).read_text())["pid"] == os.getpid()
-    assert not (tmp_path / rundir.LOCK_FILE).exists()
+        assert json.loads(RunLayout(tmp_path).lock.read_text())["pid"] == os.getpid()
+    assert not RunLayout(tmp_path).lock.exists()
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ from lora_recipes.model.source import ModelSource
 from lora_recipes.recipe.loader import load_recipe
 from lora_recipes.training import run_dir as rundir
 from lora_recipes.training.checkpoint import checkpoint_dir
-from lora_recipes.training.run_dir import RESOLVED_RECIPE, load_run_recipe
+from lora_recipes.training.run_dir import RunLayout, load_run_recipe
 from lora_recipes.training.train import TrainOptions, TrainResult, train
 from test_train_support import (
     RECIPE,
@@ -65,7 +65,7 @@ def test_run_directory_holds_exactly_the_expected_files(standard_run: TrainResul
         "manifest.json",
         "metrics.jsonl",
         "plan.json",
-        RESOLVED_RECIPE,
+        "recipe.resolved.yaml",
         # every 4 steps, the newest two kept
         *{f"checkpoints/step-{step:08d}/{f}" for step in (8, 12) for f in checkpoint_files},
     }
@@ -80,7 +80,7 @@ def test_run_directory_holds_exactly_the_expected_files(standard_run: TrainResul
 
 
 def test_resolved_recipe_loads_back_as_the_same_recipe(standard_run: TrainResult, tiny_model_dir: Path) -> None:
-    reloaded = load_recipe(standard_run.run_dir / RESOLVED_RECIPE)
+    reloaded = load_recipe(RunLayout(standard_run.run_dir).resolved_recipe)
     assert reloaded.recipe.base_model == str(tiny_model_dir.resolve())
     assert Path(reloaded.recipe.data.dataset).is_absolute() and Path(reloaded.recipe.data.dataset).is_file()
     assert reloaded.name == "tiny-sentiment"
@@ -262,12 +262,12 @@ def test_out_of_memory_names_the_knobs(
     tiny_model_dir: Path, reviews: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lora_recipes.errors import RuntimeFailure
-    from lora_recipes.training import train as train_module
+    from lora_recipes.training import step
 
     def no_memory(*args: object, **kwargs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(train_module, "token_loss_sum", no_memory)
+    monkeypatch.setattr(step, "token_loss_sum", no_memory)
     with pytest.raises(RuntimeFailure) as caught:
         train_tiny(tiny_model_dir, reviews, tmp_path / "run")
     message = str(caught.value)
@@ -284,8 +284,8 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(
     run_dir.mkdir()
     # What a run killed while loading the model leaves: its resolved recipe and a dead lock.
     loaded = load_recipe(RECIPE, recipe_args(tiny_model_dir, "trainer.train_steps=2"), str(reviews))
-    (run_dir / rundir.RESOLVED_RECIPE).write_text(rundir.resolved_recipe_text(loaded))
-    (run_dir / rundir.LOCK_FILE).write_text(json.dumps({"pid": 999_999_999, "host": socket.gethostname()}))
+    RunLayout(run_dir).resolved_recipe.write_text(rundir.resolved_recipe_text(loaded))
+    RunLayout(run_dir).lock.write_text(json.dumps({"pid": 999_999_999, "host": socket.gethostname()}))
     result = train(load_run_recipe(run_dir), TrainOptions(run_dir=run_dir, resume=True, stream=io.StringIO()))
     assert result.finished and result.step == 2
     assert [r["step"] for r in metrics(run_dir)] == [1, 2]

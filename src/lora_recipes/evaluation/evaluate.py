@@ -8,7 +8,11 @@ as it arrives, under a key made of the row, its prompt and everything that shape
 (model, adapter file, decoding, mode). Running again into the same folder asks only for what is
 missing, so an interrupted run, or one whose endpoint failed a few requests, is finished by
 running it again. The API key of an endpoint is read from its environment variable and written
-nowhere.
+nowhere: the client redacts it (and credentials in the URL) from every answer and error it hands
+back, and only the URL without credentials is recorded.
+
+A system none of whose examples got an answer has no score (None in eval.json, - in the table);
+`failed_systems` names them, and the command exits 1 when there is any.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 from lora_recipes import __version__
 from lora_recipes.data.types import EvaluationSet, Example
 from lora_recipes.errors import UserError
-from lora_recipes.evaluation.endpoints import Answer, Client, Endpoint, Policy, ask_all
+from lora_recipes.evaluation.endpoints import Answer, Client, Endpoint, Policy, ask_all, public_url, url_problem
 from lora_recipes.evaluation.endpoints import endpoint as make_endpoint
 from lora_recipes.evaluation.generation import finish_output
 from lora_recipes.evaluation.metrics import Metric, Score, build_metric, metric_name
@@ -38,14 +42,13 @@ from lora_recipes.evaluation.reference import reference_scores
 from lora_recipes.evaluation.table import render_table
 from lora_recipes.recipe.loader import LoadedRecipe
 from lora_recipes.recipe.types import Recipe
-from lora_recipes.training.run_dir import write_json_atomic, write_text_atomic
+from lora_recipes.training.run_dir import RunLayout, write_json_atomic, write_text_atomic
 
 EVAL_FILE = "eval.json"
 TABLE_FILE = "table.md"
 ANSWERS_DIR = "answers"
-ADAPTER_DIR = "adapter"  # inside a training run directory
 
-Progress = Callable[[str, int, int], None]  # system name, examples answered, examples in all
+OnAnswered = Callable[[str, int, int], None]  # called per answer: system name, examples answered, examples in all
 
 
 @dataclass(frozen=True)
@@ -78,18 +81,19 @@ def find_adapter(path: Path) -> tuple[Path, Path | None]:
     adapter folder and the run directory (None for a bare adapter)."""
     if (path / "adapter_config.json").is_file():
         return path, None
-    if (path / ADAPTER_DIR / "adapter_config.json").is_file():
-        return path / ADAPTER_DIR, path
+    run = RunLayout(path)
+    if (run.adapter / "adapter_config.json").is_file():
+        return run.adapter, path
     if not path.exists():
         raise UserError(f"--adapter {path}: no such folder")
-    if (path / "model" / "config.json").is_file():
+    if (run.model / "config.json").is_file():
         raise UserError(
             f"--adapter {path}: a full fine-tuning run (it holds model/, not an adapter); score it as a base "
-            f"model: --base --set base_model={path / 'model'} --set quantization.bits=null"
+            f"model: --base --set base_model={run.model} --set quantization.bits=null"
         )
     raise UserError(
         f"--adapter {path}: neither a PEFT adapter folder (adapter_config.json) nor a run directory "
-        f"with {ADAPTER_DIR}/adapter_config.json"
+        f"with {run.adapter.name}/adapter_config.json"
     )
 
 
@@ -118,6 +122,8 @@ def plan_systems(
     if adapter is not None:
         adapter_dir, _ = find_adapter(adapter)
         systems.append(System("adapter", "adapter", str(adapter_dir), adapter_dir=adapter_dir))
+    for url, _ in endpoints:
+        check_endpoint_url(url)
     taken = {s.slug for s in systems}  # names must differ as file names too
     for i, (url, model) in enumerate(endpoints):
         target = make_endpoint(url, model, chat)
@@ -127,10 +133,24 @@ def plan_systems(
             name, n = f"{model}-{n}", n + 1
         taken.add(slug(name))
         key_env = api_key_envs[i] if api_key_envs and api_key_envs[i] != "-" else None
-        system = System(name, "endpoint", f"{target.protocol} at {target.url}", endpoint=target, api_key_env=key_env)
+        description = f"{target.protocol} at {target.public_url}"
+        system = System(name, "endpoint", description, endpoint=target, api_key_env=key_env)
         api_key(system)  # a missing key fails now, before any data is read
         systems.append(system)
     return systems
+
+
+def check_endpoint_url(url: str) -> None:
+    """Refuse, before anything is loaded, a URL no request can be sent to."""
+    problem = url_problem(url)
+    if problem is None:
+        return
+    shown = public_url(url)
+    if "://" not in url and problem.startswith("it does not start with"):
+        fix = f"write --endpoint http://{shown} (or https://)"
+    else:
+        fix = "give the server's base URL, like --endpoint http://localhost:8000/v1"
+    raise UserError(f"--endpoint {shown}: {problem}; {fix}")
 
 
 def api_key(system: System) -> str | None:
@@ -294,7 +314,7 @@ def _run_system(
     journal: Journal,
     keys: Sequence[str],
     model_loader: Callable[[System], tuple[Any, Any]],
-    progress: Progress | None,
+    progress: OnAnswered | None,
 ) -> Run:
     run = Run()
     pending = [i for i, key in enumerate(keys) if key not in journal.records]
@@ -325,7 +345,7 @@ def _run_system(
 
     assert system.endpoint is not None
     policy = Policy(**dataclasses.asdict(recipe.evaluation.endpoints))
-    client = Client(system.endpoint, policy, recipe.generation, api_key(system))
+    client = Client(system.endpoint, policy, recipe.generation, api_key(system), api_key_env=system.api_key_env)
     stop, prefix = recipe.generation.stop, recipe.output.target_prefix
     position = {example_index: n for n, example_index in enumerate(pending)}
 
@@ -407,7 +427,7 @@ def evaluate(
     systems: Sequence[System],
     output_dir: Path,
     *,
-    progress: Progress | None = None,
+    progress: OnAnswered | None = None,
     model_loader: Callable[[LoadedRecipe], tuple[Any, Any]] = load_local,
 ) -> dict[str, Any]:
     """Answer, score and write everything; returns the content of eval.json."""
@@ -443,7 +463,7 @@ def evaluate(
         return model, tokenizer
 
     summaries: dict[str, dict[str, Any]] = {}
-    scores: dict[str, dict[str, float]] = {}
+    scores: dict[str, dict[str, float | None]] = {}
     for system in systems:
         fp = fingerprint(system, recipe)
         keys = [_hash([fp, ex.row, ex.prompt]) for ex in subset.examples]
@@ -452,18 +472,20 @@ def evaluate(
         value, rows, unparseable = score_system(metric, subset.examples, journal, keys, run.errors)
         predictions = f"predictions-{system.slug}.jsonl"
         write_text_atomic(output_dir / predictions, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        scores[system.name] = {name: value}
+        answered = len(rows) - len(run.errors)
+        scores[system.name] = {name: value if answered else None}  # nothing answered: no score, not 0
         summaries[system.name] = {
             "kind": system.kind,
             "description": system.description,
             "mode": mode_of(system, recipe),
             "n": len(rows),
-            "answered": len(rows) - len(run.errors),
-            "resumed": len(rows) - len(run.errors) - run.fresh,
+            "answered": answered,
+            "resumed": answered - run.fresh,
             "failures": len(run.errors),
             "unparseable": unparseable,
             "retries": run.retries,
             "errors": dict(Counter(_error_kind(e) for e in run.errors.values())),
+            "first_error": run.errors[min(run.errors)] if run.errors else None,
             "seconds": round(run.seconds, 3),
             "load_seconds": round(run.load_seconds, 3),
             "examples_per_second": round(run.fresh / run.seconds, 3) if run.fresh and run.seconds else None,
@@ -471,7 +493,7 @@ def evaluate(
         }
         if system.endpoint is not None:
             summaries[system.name] |= {
-                "endpoint": system.endpoint.url,
+                "endpoint": system.endpoint.public_url,
                 "model": system.endpoint.model,
                 "protocol": system.endpoint.protocol,
                 "api_key_env": system.api_key_env,
@@ -505,6 +527,36 @@ def evaluate(
     write_json_atomic(output_dir / EVAL_FILE, result)
     write_text_atomic(output_dir / TABLE_FILE, render_table(result))
     return result
+
+
+def failed_systems(result: dict[str, Any]) -> list[str]:
+    """The systems of an eval.json content none of whose examples got an answer."""
+    return [name for name, system in result["systems"].items() if system["failures"] and not system["answered"]]
+
+
+def failure_lines(result: dict[str, Any]) -> list[str]:
+    """One line per system with failed requests, for the terminal: `error:` when none was
+    answered, else `warning:`; how many failed, of which kinds, and the first error's message."""
+    lines = []
+    for name, system in result["systems"].items():
+        if not system["failures"]:
+            continue
+        kinds = ", ".join(f"{kind} x{count}" for kind, count in system["errors"].items())
+        if system["answered"]:
+            head = f"warning: {name}: {system['failures']} of {system['n']} requests failed and score 0 ({kinds})"
+        else:
+            head = f"error: {name}: all {system['n']} requests failed, so it has no score ({kinds})"
+        lines.append(f"{head}; first: {system.get('first_error')}")
+    return lines
+
+
+class Interrupted(Exception):
+    """Ctrl-C during an evaluation: the answers so far are in `output_dir` (None when it was
+    pressed before any was asked)."""
+
+    def __init__(self, output_dir: Path | None):
+        super().__init__("interrupted")
+        self.output_dir = output_dir
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -544,12 +596,15 @@ def evaluate_recipe(
     api_key_envs: Sequence[str],
     limit: int | None,
     output: Path | None,
-    progress: Progress | None = None,
+    progress: OnAnswered | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """What `lora-recipes evaluate` does; returns eval.json's content and the output folder."""
+    """What `lora-recipes evaluate` does; returns eval.json's content and the output folder.
+    Ctrl-C comes out as `Interrupted`, naming the folder that holds the answers so far."""
     from lora_recipes.data.pipeline import evaluation_examples
     from lora_recipes.recipe.loader import load_recipe
 
+    for url in endpoints:
+        check_endpoint_url(url)  # before the recipe's data is read
     loaded = load_recipe(recipe_path, overrides, data_path)
     if len(endpoints) != len(models):
         raise UserError(
@@ -564,6 +619,10 @@ def evaluate_recipe(
         api_key_envs=api_key_envs,
         base_model=loaded.recipe.base_model,
     )
-    subset = evaluation_examples(loaded, limit=limit)
-    output_dir = output if output is not None else default_output_dir(loaded, adapter)
-    return evaluate(loaded, subset, systems, output_dir, progress=progress), output_dir
+    output_dir: Path | None = None
+    try:
+        subset = evaluation_examples(loaded, limit=limit)
+        output_dir = output if output is not None else default_output_dir(loaded, adapter)
+        return evaluate(loaded, subset, systems, output_dir, progress=progress), output_dir
+    except KeyboardInterrupt:
+        raise Interrupted(output_dir if output_dir is not None and output_dir.is_dir() else None) from None

@@ -1,4 +1,5 @@
-"""Resumable checkpoints: trainable weights, optimizer, scheduler, RNG states and progress.
+"""Resumable checkpoints: trainable weights, optimizer, scheduler, RNG states and the training
+state.
 
 A checkpoint is written into a hidden staging folder and renamed to `checkpoints/step-NNNNNNNN`
 only when every file is in it, so a run killed while writing one (kill -9, power loss) leaves
@@ -13,26 +14,25 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lora_recipes.errors import UserError
-from lora_recipes.training.run_dir import write_json_atomic
+from lora_recipes.training.run_dir import CheckpointLayout, RunLayout, write_json_atomic
 
-CHECKPOINTS = "checkpoints"
-STATE = "state.json"
-WEIGHTS = "trainable.safetensors"
-OPTIMIZER = "optimizer.pt"
-SCHEDULER = "scheduler.pt"
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from lora_recipes.training.step import Trainables
 
 
 @dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint as state.json."""
+class TrainingState:
+    """Where training stands: the counters a resumed run continues from, saved in every
+    checkpoint (`CheckpointLayout.state`)."""
 
     step: int = 0  # optimizer steps done
     world_size: int = 1
@@ -50,20 +50,20 @@ class Progress:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Progress:
+    def from_json(cls, data: dict[str, Any]) -> TrainingState:
         return cls(**data)
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / CHECKPOINTS / f"step-{step:08d}"
+    return RunLayout(run_dir).checkpoint(step)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint (staging folders start with a dot and are skipped)."""
-    folder = run_dir / CHECKPOINTS
+    folder = RunLayout(run_dir).checkpoints
     if not folder.is_dir():
         return None
-    done = [p for p in folder.glob("step-*") if (p / STATE).is_file()]
+    done = [p for p in folder.glob("step-*") if CheckpointLayout(p).state.is_file()]
     return max(done, key=lambda p: p.name) if done else None
 
 
@@ -96,37 +96,29 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    run_dir: Path,
-    progress: Progress,
-    *,
-    model: torch.nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    rank: int,
-    is_main: bool,
-    barrier: Callable[[], None],
-    keep: int,
+    layout: RunLayout, state: TrainingState, trainables: Trainables, accelerator: Accelerator, keep: int
 ) -> Path:
-    """Write a checkpoint at `progress.step` (all processes call this), keep the newest `keep`."""
+    """Write a checkpoint at `state.step` (all processes call this), keep the newest `keep`."""
     from safetensors.torch import save_file
 
-    final = checkpoint_dir(run_dir, progress.step)
-    staging = final.parent / f".{final.name}.partial"
+    final = layout.checkpoint(state.step)
+    staging = CheckpointLayout(final.parent / f".{final.name}.partial")
+    is_main, barrier = accelerator.is_main_process, accelerator.wait_for_everyone
     if is_main:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        shutil.rmtree(staging.folder, ignore_errors=True)
+        staging.folder.mkdir(parents=True)
     barrier()
-    torch.save(rng_states(), staging / f"rng-{rank}.pt")
+    torch.save(rng_states(), staging.rng(accelerator.process_index))
     if is_main:
-        save_file(trainable_state(model), str(staging / WEIGHTS))
-        torch.save(optimizer.state_dict(), staging / OPTIMIZER)
-        torch.save(scheduler.state_dict(), staging / SCHEDULER)
-        write_json_atomic(staging / STATE, progress.to_json())  # last: marks the folder complete
+        save_file(trainable_state(trainables.bare), str(staging.weights))
+        torch.save(trainables.optimizer.state_dict(), staging.optimizer)
+        torch.save(trainables.scheduler.state_dict(), staging.scheduler)
+        write_json_atomic(staging.state, state.to_json())  # last: marks the folder complete
     barrier()
     if is_main:
         if final.exists():
             shutil.rmtree(final)
-        os.replace(staging, final)
+        os.replace(staging.folder, final)
         older = sorted((p for p in final.parent.glob("step-*") if p != final), key=lambda p: p.name)
         for old in older[: max(len(older) - (keep - 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
@@ -134,24 +126,24 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(
-    folder: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any, rank: int, world_size: int
-) -> Progress:
-    """Restore everything `save_checkpoint` wrote into the live objects; return the progress."""
+def load_checkpoint(folder: Path, trainables: Trainables, *, rank: int, world_size: int) -> TrainingState:
+    """Restore everything `save_checkpoint` wrote into the live objects; return the training state."""
     from safetensors.torch import load_file
 
-    progress = Progress.from_json(json.loads((folder / STATE).read_text(encoding="utf-8")))
-    if progress.world_size != world_size:
+    files = CheckpointLayout(folder)
+    state = TrainingState.from_json(json.loads(files.state.read_text(encoding="utf-8")))
+    if state.world_size != world_size:
         raise UserError(
-            f"{folder}: this run trained with {progress.world_size} process(es); resume it with the same number "
+            f"{folder}: this run trained with {state.world_size} process(es); resume it with the same number "
             f"(now {world_size}) so the data order and losses continue exactly"
         )
-    weights = load_file(str(folder / WEIGHTS))
+    weights = load_file(str(files.weights))
+    model = trainables.bare
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != expected:
         raise UserError(f"{folder}: its weights do not match the model being resumed (different adapter settings?)")
     model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(folder / OPTIMIZER, weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / SCHEDULER, weights_only=True))
-    set_rng_states(torch.load(folder / f"rng-{rank}.pt", weights_only=True))
-    return progress
+    trainables.optimizer.load_state_dict(torch.load(files.optimizer, weights_only=True))
+    trainables.scheduler.load_state_dict(torch.load(files.scheduler, weights_only=True))
+    set_rng_states(torch.load(files.rng(rank), weights_only=True))
+    return state

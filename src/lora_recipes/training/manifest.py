@@ -8,6 +8,7 @@ import platform
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,26 +47,34 @@ def git_state(folder: Path) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
-def build_manifest(
-    *,
-    seed: int,
-    split_hashes: dict[str, str],
-    device: str,
-    device_name: str,
-    processes: int,
-    base_model: str,
-    model_location: str,
-    command_line: list[str],
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Origin:
+    """What a run was started from."""
+
+    seed: int
+    split_hashes: dict[str, str]  # content hash of every data split
+    base_model: str  # as the recipe names it
+    model_location: str  # where it was loaded from
+    command_line: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Device:
+    type: str  # cuda or cpu
+    name: str  # e.g. NVIDIA H100 80GB HBM3, or the CPU's model name
+    processes: int
+
+
+def build_manifest(origin: Origin, device: Device) -> dict[str, Any]:
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command_line": command_line,
-        "seed": seed,
-        "data_hashes": split_hashes,
-        "base_model": {"recipe": base_model, "loaded_from": model_location},
+        "command_line": list(origin.command_line),
+        "seed": origin.seed,
+        "data_hashes": origin.split_hashes,
+        "base_model": {"recipe": origin.base_model, "loaded_from": origin.model_location},
         "libraries": library_versions(),
         "git": git_state(Path.cwd()),
         "host": {"name": socket.gethostname(), "platform": platform.platform(), "python": sys.executable},
-        "device": {"type": device, "name": device_name, "processes": processes},
+        "device": {"type": device.type, "name": device.name, "processes": device.processes},
         "sessions": [],
     }

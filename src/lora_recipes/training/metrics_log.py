@@ -11,12 +11,12 @@ import importlib.util
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from lora_recipes.training.run_dir import write_text_atomic
+from lora_recipes.training.run_dir import RunLayout, write_text_atomic
 
-METRICS = "metrics.jsonl"
 LOG_EVERY_SECONDS = 30.0
 
 
@@ -45,63 +45,45 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
-class Reporter:
-    """Metrics sinks and the progress line. Only the main process reports; on the others every
-    method does nothing."""
+class MetricsLog:
+    """metrics.jsonl and the extra sinks the recipe asks for (TensorBoard, Weights & Biases).
+    Only the main process writes; on the others every method does nothing."""
 
     def __init__(
         self,
-        run_dir: Path,
+        layout: RunLayout,
         *,
         enabled: bool,
-        total_steps: int,
-        start_step: int,
-        metrics_lines: int,
-        cost_per_second: float,
+        lines: int,
         report_to: tuple[str, ...],
         run_config: dict[str, Any],
-        stream: TextIO | None = None,
+        say: Callable[[str], None],
     ) -> None:
+        """Continue `layout.metrics` after its first `lines` records (a resumed run rewrites what
+        came after its checkpoint)."""
         self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.total = total_steps
-        self.start_step = start_step
-        self.cost_per_second = cost_per_second
-        self.started = time.monotonic()
-        self.last_line = 0.0
-        self.lines = metrics_lines
-        self.tty = self.stream.isatty()
+        self.lines = lines
         self.tensorboard: Any = None
         self.wandb: Any = None
         if not enabled:
             return
-        path = run_dir / METRICS
-        truncate_metrics(path, metrics_lines)
-        self.file = path.open("a", encoding="utf-8")
+        truncate_metrics(layout.metrics, lines)
+        self.file = layout.metrics.open("a", encoding="utf-8")
         if "tensorboard" in report_to:
             if importlib.util.find_spec("tensorboard") is None:
-                self.message("trainer.report_to: tensorboard is not installed (pip install tensorboard); skipping it")
+                say("trainer.report_to: tensorboard is not installed (pip install tensorboard); skipping it")
             else:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+                self.tensorboard = SummaryWriter(log_dir=str(layout.tensorboard))
         if "wandb" in report_to:
             if importlib.util.find_spec("wandb") is None:
-                self.message("trainer.report_to: wandb is not installed (pip install wandb); skipping it")
+                say("trainer.report_to: wandb is not installed (pip install wandb); skipping it")
             else:
                 import wandb
 
-                self.wandb = wandb.init(
-                    project="lora-recipes", name=run_dir.name, id=run_dir.name, resume="allow", config=run_config
-                )
-
-    def message(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            self.stream.write("\r\033[K")
-        self.stream.write(text + "\n")
-        self.stream.flush()
+                name = layout.root.name
+                self.wandb = wandb.init(project="lora-recipes", name=name, id=name, resume="allow", config=run_config)
 
     def record(self, record: dict[str, Any]) -> None:
         """Append one metrics record (and send its numbers to the extra sinks)."""
@@ -117,7 +99,35 @@ class Reporter:
         if self.wandb is not None:
             self.wandb.log({f"{record['event']}/{k}": v for k, v in numbers.items()}, step=record["step"])
 
-    def progress(self, step: int, loss: float, tokens_per_second: float, run_seconds: float) -> None:
+    def close(self) -> None:
+        if not self.enabled or self.file.closed:
+            return
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+class ProgressLine:
+    """The progress line: step, loss, speed, time left and cost so far. On a terminal it is
+    redrawn in place after every step; elsewhere it is printed every `LOG_EVERY_SECONDS` and at
+    the last step. Only the main process draws it."""
+
+    def __init__(
+        self, *, enabled: bool, total_steps: int, start_step: int, cost_per_second: float, stream: TextIO | None
+    ) -> None:
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.total = total_steps
+        self.start_step = start_step
+        self.cost_per_second = cost_per_second
+        self.started = time.monotonic()
+        self.last_line = 0.0
+        self.tty = self.stream.isatty()
+        self.open = enabled
+
+    def update(self, step: int, loss: float, tokens_per_second: float, run_seconds: float) -> None:
         """Redraw (or, off a terminal, periodically print) the progress line after `step`."""
         if not self.enabled:
             return
@@ -137,12 +147,7 @@ class Reporter:
             self.last_line = now
 
     def close(self) -> None:
-        if not self.enabled or self.file.closed:
-            return
-        if self.tty:
+        """End a line redrawn in place (once)."""
+        if self.open and self.tty:
             self.stream.write("\n")
-        self.file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+        self.open = False

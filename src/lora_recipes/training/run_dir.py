@@ -1,5 +1,5 @@
-"""Run directories: naming, the never-overwrite rules, the lock that keeps one `train` per
-directory, and atomic writes of the files inside.
+"""Run directories: the name of every file in one (`RunLayout`), naming new ones, the
+never-overwrite rules, the lock that keeps one `train` per directory, and atomic writes.
 
 Nothing heavy is imported here: the CLI checks a run directory before torch is loaded.
 """
@@ -22,8 +22,103 @@ from lora_recipes.errors import UserError
 from lora_recipes.model.source import PACKAGE_PREFIX
 from lora_recipes.recipe.loader import LoadedRecipe, load_recipe
 
-LOCK_FILE = ".lock"
-RESOLVED_RECIPE = "recipe.resolved.yaml"
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where everything of a training run lives: the one place that names its files."""
+
+    root: Path
+
+    @property
+    def adapter(self) -> Path:
+        """The PEFT adapter of the best validation step."""
+        return self.root / "adapter"
+
+    @property
+    def model(self) -> Path:
+        """A full fine-tune's model, instead of `adapter`."""
+        return self.root / "model"
+
+    def result(self, *, full: bool) -> Path:
+        """What the run produces: `model` for a full fine-tune, else `adapter`."""
+        return self.model if full else self.adapter
+
+    @property
+    def resolved_recipe(self) -> Path:
+        return self.root / "recipe.resolved.yaml"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def metrics(self) -> Path:
+        """One JSON record per line: training steps and validations."""
+        return self.root / "metrics.jsonl"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.root / "loss.png"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def cost_report_json(self) -> Path:
+        """Written last: a run directory that has it is finished."""
+        return self.root / "cost_report.json"
+
+    @property
+    def cost_report_md(self) -> Path:
+        return self.root / "cost_report.md"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        """The checkpoint written after optimizer step `step` (see `CheckpointLayout`)."""
+        return self.checkpoints / f"step-{step:08d}"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the `train` writing the run: its PID and host."""
+        return self.root / ".lock"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files, when the recipe reports to TensorBoard."""
+        return self.root / "tensorboard"
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """The files of one checkpoint folder (`RunLayout.checkpoint`)."""
+
+    folder: Path
+
+    @property
+    def state(self) -> Path:
+        """The training state (steps, best loss, counters); written last, it marks the folder complete."""
+        return self.folder / "state.json"
+
+    @property
+    def weights(self) -> Path:
+        """The trainable weights."""
+        return self.folder / "trainable.safetensors"
+
+    @property
+    def optimizer(self) -> Path:
+        return self.folder / "optimizer.pt"
+
+    @property
+    def scheduler(self) -> Path:
+        return self.folder / "scheduler.pt"
+
+    def rng(self, rank: int) -> Path:
+        """The random number generator states of process `rank`."""
+        return self.folder / f"rng-{rank}.pt"
 
 
 @contextlib.contextmanager
@@ -107,12 +202,15 @@ def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
 
 
 def check_resumable(run_dir: Path) -> None:
+    layout = RunLayout(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir}: no such run directory")
-    if not (run_dir / RESOLVED_RECIPE).is_file():
-        raise UserError(f"--resume {run_dir}: not a run directory (it has no {RESOLVED_RECIPE})")
-    if (run_dir / "cost_report.json").is_file():
-        raise UserError(f"--resume {run_dir}: that run already finished (it has a cost_report.json); start a new run")
+    if not layout.resolved_recipe.is_file():
+        raise UserError(f"--resume {run_dir}: not a run directory (it has no {layout.resolved_recipe.name})")
+    if layout.cost_report_json.is_file():
+        raise UserError(
+            f"--resume {run_dir}: that run already finished (it has a {layout.cost_report_json.name}); start a new run"
+        )
 
 
 def resolved_recipe_text(loaded: LoadedRecipe) -> str:
@@ -138,7 +236,7 @@ def resolved_recipe_text(loaded: LoadedRecipe) -> str:
 def load_run_recipe(run_dir: Path) -> LoadedRecipe:
     """The recipe a run was started with (for --resume)."""
     check_resumable(run_dir)
-    return load_recipe(run_dir / RESOLVED_RECIPE)
+    return load_recipe(RunLayout(run_dir).resolved_recipe)
 
 
 # -- the lock ---------------------------------------------------------------------------------
@@ -174,7 +272,7 @@ def _alive(pid: int) -> bool:
 def lock_holder(run_dir: Path) -> LockInfo | None:
     """Who holds the run directory's lock, or None when nobody (or only a dead process) does.
     A lock written on another host is taken as held: we cannot see its processes."""
-    info = _read_lock(run_dir / LOCK_FILE)
+    info = _read_lock(RunLayout(run_dir).lock)
     if info is None:
         return None
     if info.host == socket.gethostname() and not _alive(info.pid):
@@ -184,10 +282,11 @@ def lock_holder(run_dir: Path) -> LockInfo | None:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir/.lock` (our PID and host) while the block runs. A second `train` into the
-    same folder is refused; the lock of a process that died (kill -9) is taken over."""
+    """Hold the run directory's lock (`RunLayout.lock`: our PID and host) while the block runs. A
+    second `train` into the same folder is refused; the lock of a process that died (kill -9) is
+    taken over."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
+    path = RunLayout(run_dir).lock
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     for _attempt in range(2):
         try:

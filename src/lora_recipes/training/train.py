@@ -1,12 +1,22 @@
 """`lora-recipes train`: QLoRA fine-tuning of one recipe into one run directory.
 
-`train()` reads top to bottom as the run goes: devices, run directory and lock, model, data,
-optimizer and schedule, resume, then the loop (gradient accumulation, validation, early
-stopping, checkpoints, interruption), then the reports. The loop is written out here rather than
-delegated to the transformers Trainer: scripts/bench_train.py measures both (this loop is faster
-at the same length grouping, mostly because the LM head runs only where there is a loss), and the
-loop needs exact per-token loss over accumulated length-grouped batches, exact resume and atomic
-run directories, which would be callbacks fighting the Trainer's own bookkeeping.
+The run is a recipe in named phases, in the order they happen (`train()` reads as that list):
+
+1. set-up: the accelerator (`_start_accelerator`), the run directory and its lock
+   (`_open_run_dir`), the model (`_set_up_model`), the data and its schedule (`_set_up_data`), the
+   optimizer and learning-rate schedule (`_set_up_optimizer`), a resumed run's checkpoint
+   (`_resume`), then the plan and the run's files (`_plan_and_record`) and its logs;
+2. the step: `step.train_step`, one optimizer step with no I/O (forward and backward over the
+   step's micro-batches, clipping, the optimizer and schedule step);
+3. the loop: `_loop` decides when to validate, write a checkpoint and stop (the last step, early
+   stopping, Ctrl-C or --stop-at-step);
+4. the finish: the adapter, the cost report and the loss plot (`_finish`).
+
+The loop is written out here rather than delegated to the transformers Trainer:
+scripts/bench_train.py measures both (this loop is faster at the same length grouping, mostly
+because the LM head runs only where there is a loss), and the loop needs exact per-token loss over
+accumulated length-grouped batches, exact resume and atomic run directories, which would be
+callbacks fighting the Trainer's own bookkeeping.
 
 accelerate supplies the process group: run as is on one device, or data parallel under
 `accelerate launch --num_processes N -m lora_recipes train ...` on GPUs (on CPUs:
@@ -25,19 +35,37 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from lora_recipes.data.types import IGNORE_INDEX, PreparedData, TokenizedSplit
+from lora_recipes.data.types import PreparedData, TokenizedSplit
 from lora_recipes.errors import LoraRecipesError, RuntimeFailure, UserError
 from lora_recipes.model import loading as models
 from lora_recipes.model.source import ModelSource, load_options, recipe_model_source
-from lora_recipes.planning import cost
-from lora_recipes.planning.plan import build_plan, resolve_architecture, trainer_steps
+from lora_recipes.planning.plan import Steps, resolve_architecture, trainer_steps
 from lora_recipes.recipe.loader import LoadedRecipe
+from lora_recipes.recipe.types import Recipe, Trainer
 from lora_recipes.training import batching, checkpoint, manifest, plots
 from lora_recipes.training import run_dir as rundir
-from lora_recipes.training.checkpoint import Progress
-from lora_recipes.training.metrics_log import METRICS, Reporter, read_metrics
+from lora_recipes.training.checkpoint import TrainingState
+from lora_recipes.training.metrics_log import MetricsLog, ProgressLine, read_metrics
+from lora_recipes.training.run_dir import RunLayout
+from lora_recipes.training.run_plan import Measured, RunPlan, cost_report, peak_memory, plan_run, render_cost_report
+from lora_recipes.training.step import (
+    StepResult,
+    Trainables,
+    TrainingData,
+    lr_factor,
+    sum_over_processes,
+    train_step,
+)
+from lora_recipes.training.validation import ValidationData, judge, validation_loss
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
+
+    from lora_recipes.model.loading import ModelSummary
 
 # 4-bit training on a CPU is practical for small models only; above this, ask for a GPU.
 CPU_MAX_PARAMS = 2_000_000_000
@@ -64,372 +92,301 @@ class TrainResult:
     interrupted: bool  # stopped by SIGINT/SIGTERM, with a checkpoint written
     report: dict[str, Any] | None  # the cost report when finished
     main_process: bool = True  # False on the other processes of a data-parallel run
-    model: Any = None  # the trained model as it ended (the adapter/ folder holds the best one)
+    model: torch.nn.Module | None = None  # the trained model as it ended (adapter/ holds the best one)
+
+
+# -- the state the phases hand on ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Session:
+    """What every phase works in: the process group, the run directory, the voice of the run."""
+
+    accelerator: Accelerator
+    device_type: str  # cuda or cpu
+    layout: RunLayout
+    say: Callable[[str], None]  # a message from the main process
+    name: str  # the recipe's name (the loss plot's title)
+
+    @property
+    def is_main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    tokenizer: PreTrainedTokenizerBase
+    model: torch.nn.Module  # quantized per the recipe, prepared for training, with fresh adapters
+    summary: ModelSummary
+    logits_mask: bool  # the model computes logits only where asked (see step.token_loss_sum)
+    full: bool  # full fine-tuning: the result is model/, not adapter/
+
+
+@dataclass(frozen=True)
+class RunData:
+    prepared: PreparedData
+    train: TrainingData
+    validation: ValidationData | None  # None: no validation split (the last weights are the result)
+    steps: Steps
+    measured: Measured  # for the plan
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When the loop validates, writes checkpoints and stops."""
+
+    steps: Steps
+    eval_steps: int
+    steps_per_checkpoint: int
+    checkpoints_to_keep: int
+    early_stop: int  # validations without improvement before stopping; -1: never
+    stop_at_step: int | None  # --stop-at-step
+
+
+@dataclass(frozen=True)
+class Logs:
+    metrics: MetricsLog
+    progress_line: ProgressLine
+
+    def close(self) -> None:
+        self.progress_line.close()
+        self.metrics.close()
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything the loop and the finish work with."""
+
+    session: Session
+    model: LoadedModel
+    trainables: Trainables
+    data: RunData
+    cadence: Cadence
+    logs: Logs
+
+
+@dataclass
+class Clock:
+    """This session's time and throughput (earlier sessions of a resumed run are in
+    TrainingState.seconds)."""
+
+    started: float  # time.monotonic() when this session began
+    seconds_before: float  # the run's wall time before this session
+    tokens: int = 0  # non-padding tokens trained in this session
+    train_seconds: float = 0.0  # of which in training steps
+    told_zero_gradient: bool = False
+
+    def run_seconds(self) -> float:
+        """The run's wall time so far, earlier sessions included."""
+        return self.seconds_before + time.monotonic() - self.started
+
+
+Ending = Literal["finished", "interrupted", "stopped"]
+
+
+# -- the run -----------------------------------------------------------------------------------------
 
 
 def train(loaded: LoadedRecipe, options: TrainOptions, *, build_data: DataBuilder | None = None) -> TrainResult:
     """Train `loaded` (see the module notes). `build_data` replaces the data pipeline (tests)."""
     started = time.monotonic()
-    import torch
-    from accelerate import Accelerator
-
-    recipe = loaded.recipe
-    t = recipe.trainer
-    device_type = models.resolve_device(t.device)
-    model_dtype = models.resolve_dtype(recipe.model_parameters.dtype, device_type)
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model_dtype, "no")
-    accelerator = Accelerator(
-        cpu=device_type == "cpu",
-        mixed_precision=precision if device_type == "cuda" else "no",
-        device_placement=False,  # the model is loaded onto its device; batches are moved by collate
-    )
-    world, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    say = _Say(is_main, options.stream or sys.stderr)
+    recipe, t = loaded.recipe, loaded.recipe.trainer
+    accelerator, device_type = _start_accelerator(t.device, recipe.model_parameters.dtype)
+    say = _Say(accelerator.is_main_process, options.stream or sys.stderr)
     source = recipe_model_source(loaded)
     _check_cpu_is_enough(loaded, device_type, t.device)
 
     with contextlib.ExitStack() as hold:
         run_dir = _agree(accelerator, lambda: _open_run_dir(loaded, options, hold))
-        models.quiet_transformers()
-
-        # -- model -------------------------------------------------------------------------
-        full = recipe.adapter.type == "none"
-        tokenizer, model = _load_model(loaded, source, accelerator)
-        summary = models.summarize(model)
-        say(f"loaded {recipe.base_model}: {_describe_loading(recipe, device_type, world)}; {summary.describe()}")
-        logits_mask = models.supports_logits_mask(model)
-
-        # -- data and schedule --------------------------------------------------------------
-        with accelerator.main_process_first():  # one process fills the tokenized-data cache
-            data = (build_data or _pipeline)(loaded, tokenizer)
-        if len(data.train) == 0:
-            raise UserError(
-                "the training split has no rows left after preparation; check data.dataset and data.max_rows"
-            )
-        validation = data.validation if data.validation is not None and len(data.validation) else None
-        schedule = batching.Schedule(
-            tuple(data.train.lengths),
-            t.batch_size,
-            t.gradient_accumulation_steps,
-            world,
-            recipe.seed,
-            t.group_by_length,
+        session = Session(accelerator, device_type, RunLayout(run_dir), say, loaded.name)
+        model = _set_up_model(loaded, source, session)
+        prepare = build_data or _pipeline
+        data = _set_up_data(
+            session, lambda: prepare(loaded, model.tokenizer), t, recipe.seed, model.tokenizer.pad_token_id
         )
-        steps = trainer_steps(t, train_rows=len(data.train), processes=world)
-        total = steps.total
-        eval_batch = t.eval_batch_size or t.batch_size
-        eval_batches = (
-            batching.evaluation_batches(validation.lengths, eval_batch, world, rank) if validation is not None else []
-        )
-        say(_padding_note(schedule, data.train))
-
-        # -- optimizer and learning-rate schedule ---------------------------------------------
-        params = [p for p in model.parameters() if p.requires_grad]
-        o = t.optimizer
-        optimizer = models.build_optimizer(
-            params, type=o.type, lr=t.learning_rate, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
-        )
-        warmup = math.ceil(t.learning_rate_scheduler.warmup_fraction * total)
-        decay = t.learning_rate_scheduler.decay
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, decay))
-        model, optimizer = accelerator.prepare(model, optimizer)
-        bare = accelerator.unwrap_model(model)
-
-        # -- fresh start or resume ------------------------------------------------------------
-        progress = Progress(world_size=world)
+        trainables = _set_up_optimizer(session, model, t, data.steps.total)
+        state = TrainingState(world_size=accelerator.num_processes)
         if options.resume:
-            progress = _resume(run_dir, data, bare, optimizer, scheduler, rank, world, say) or progress
-        measured: dict[str, Any] = {
-            "train_rows": len(data.train),
-            "validation_rows": len(validation) if validation is not None else 0,
-            "train_tokens_per_epoch": schedule.computed_tokens_per_epoch(),
-            "validation_tokens": _validation_tokens(validation, eval_batch),
-            "max_length": data.max_length,
-            "processes": world,
-            "basis": "measured: the prepared data's rows and computed tokens (batches as trained, padding included)",
-        }
-        plan = build_plan(loaded, data=data.report, **measured)
-        for warning in plan["warnings"]:
+            state = _resume(session, data.prepared.split_hashes, trainables) or state
+        planned = plan_run(loaded, data.prepared.report, data.measured, device_type)
+        for warning in planned.warnings:
             say(f"warning: {warning}")
-        name = cost.device_name(device_type)
-        price = cost.device_price(device_type, name, recipe.cost)
-        estimate = plan["estimate"]
-        if price.gpu is not None and price.gpu != recipe.cost.gpu:  # compare with the GPU the run is on
-            on_this_gpu = replace(loaded, recipe=replace(recipe, cost=replace(recipe.cost, gpu=price.gpu)))
-            estimate = build_plan(on_this_gpu, **measured)["estimate"]
-        if is_main:
-            _write_run_files(run_dir, loaded, plan, data, options, device_type, name, world, source, progress)
-        reporter = Reporter(
-            run_dir,
-            enabled=is_main,
-            total_steps=total,
-            start_step=progress.step,
-            metrics_lines=progress.metrics_lines,
-            cost_per_second=price.per_hour_usd * world / 3600,
-            report_to=t.report_to,
-            run_config=loaded.resolved,
-            stream=options.stream,
-        )
-        hold.callback(reporter.close)
-        say(f"training {total:,} steps ({steps.per_epoch:,} per epoch) into {run_dir}")
-
-        # -- the loop -----------------------------------------------------------------------
-        stop = hold.enter_context(_stop_signals(say))
-        seconds_before, session_start = progress.seconds, started
-        session_tokens, session_train_seconds = 0, 0.0
-        max_norm = t.gradient_clipping.clipglobalnorm
-        interrupted = stopped_here = zero_gradient_told = False
-        model.train()
-        try:
-            while progress.step < total and not progress.stopped_early:
-                step_start = time.perf_counter()
-                step_batches = schedule.step(progress.step)  # every process's micro-batches
-                window = max(sum(batching.label_tokens(b, data.train) for r in step_batches for b in r), 1)
-                mine = step_batches[rank]
-                loss_sum = 0.0
-                for i, batch in enumerate(mine):
-                    inputs = batching.collate(data.train, batch, tokenizer.pad_token_id, accelerator.device)
-                    # Gradients are averaged over processes only after the step's last micro-batch.
-                    sync = contextlib.nullcontext() if i == len(mine) - 1 else accelerator.no_sync(model)
-                    with sync:
-                        summed = token_loss_sum(model, inputs, logits_mask)
-                        # Mean over the answer tokens of the whole step on all processes;
-                        # x world undoes the average that data parallelism takes.
-                        accelerator.backward(summed * world / window)
-                    loss_sum += summed.item()
-                grad_norm = accelerator.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                progress.step += 1
-
-                loss = _sum_over_processes(accelerator, loss_sum) / window
-                real = sum(batching.real_tokens(b, schedule.lengths) for r in step_batches for b in r)
-                computed = sum(batching.padded_tokens(b, schedule.lengths) for r in step_batches for b in r)
-                seconds = time.perf_counter() - step_start
-                progress.tokens_real += real
-                progress.tokens_computed += computed
-                progress.train_seconds += seconds
-                progress.seconds = seconds_before + time.monotonic() - session_start
-                session_tokens += real
-                session_train_seconds += seconds
-                if float(grad_norm) == 0.0 and not zero_gradient_told:
-                    zero_gradient_told = True
-                    say(f"warning: step {progress.step}: the gradient norm is 0.0; no gradient reached the adapter")
-                reporter.record(
-                    {
-                        "event": "train",
-                        "step": progress.step,
-                        "epoch": round(progress.step / steps.per_epoch, 4),
-                        "loss": loss,
-                        "learning_rate": lr,
-                        "grad_norm": float(grad_norm),
-                        "tokens": real,
-                        "computed_tokens": computed,
-                        "padding_share": 1 - real / computed,
-                        "seconds": seconds,
-                    }
-                )
-                reporter.progress(progress.step, loss, session_tokens / session_train_seconds, progress.seconds)
-
-                last = progress.step == total
-                if validation is not None and (progress.step % t.eval_steps == 0 or last):
-                    _validate(
-                        accelerator, bare, tokenizer, validation, eval_batches, logits_mask, progress, run_dir, full,
-                        t.early_stop, reporter, say,
-                    )  # fmt: skip
-                    model.train()
-                interrupted = stop.requested(accelerator)
-                stopped_here = options.stop_at_step is not None and progress.step >= options.stop_at_step and not last
-                if progress.step % t.steps_per_checkpoint == 0 or ((interrupted or stopped_here) and not last):
-                    progress.seconds = seconds_before + time.monotonic() - session_start
-                    progress.metrics_lines = reporter.lines
-                    checkpoint.save_checkpoint(
-                        run_dir,
-                        progress,
-                        model=bare,
-                        optimizer=optimizer,
-                        scheduler=scheduler,
-                        rank=rank,
-                        is_main=is_main,
-                        barrier=accelerator.wait_for_everyone,
-                        keep=t.checkpoints_to_keep,
-                    )
-                    if is_main:  # a long run's curve so far
-                        plots.plot_losses(read_metrics(run_dir / METRICS), run_dir / "loss.png", loaded.name)
-                if (interrupted or stopped_here) and not last:
-                    why = "interrupted" if interrupted else f"stopped at step {progress.step} as asked"
-                    say(f"{why}; checkpoint written. Continue with: lora-recipes train --resume {run_dir}")
-                    return TrainResult(run_dir, progress.step, total, False, interrupted, None, is_main, bare)
-        except torch.OutOfMemoryError as exc:
-            raise RuntimeFailure(_oom_message(recipe, data.max_length, progress.step)) from exc
-
-        # -- the end: adapter, reports ---------------------------------------------------------
-        if progress.stopped_early:
-            say(
-                f"early stop: {progress.validations_since_best} validations without improvement; keeping the adapter "
-                f"of step {progress.best_step} (validation loss {progress.best_validation_loss:.4f})"
+        if session.is_main:
+            origin = manifest.Origin(
+                recipe.seed, data.prepared.split_hashes, recipe.base_model, source.describe(), options.command_line
             )
-        if validation is None and is_main:  # nothing to pick the best by: keep the last weights
-            _save_result(run_dir, bare, tokenizer, full)
-        accelerator.wait_for_everyone()
-        peak = int(
-            accelerator.gather(torch.tensor([cost.peak_memory_bytes(device_type)], device=accelerator.device))
-            .max()
-            .item()
+            _write_run_files(session.layout, planned, options, origin, state.step)
+        logs = _open_logs(session, loaded, options, state, data.steps.total, planned.cost_per_second)
+        hold.callback(logs.close)
+        say(f"training {data.steps.total:,} steps ({data.steps.per_epoch:,} per epoch) into {run_dir}")
+
+        cadence = Cadence(
+            data.steps, t.eval_steps, t.steps_per_checkpoint, t.checkpoints_to_keep, t.early_stop, options.stop_at_step
         )
-        progress.seconds = seconds_before + time.monotonic() - session_start
-        report = cost.cost_report(
-            device_type=device_type,
-            name=name,
-            processes=world,
-            price=price,
-            wall_seconds=progress.seconds,
-            train_seconds=progress.train_seconds,
-            tokens_trained=progress.tokens_real,
-            tokens_computed=progress.tokens_computed,
-            peak_memory=peak,
-            total_params=summary.total_params,
-            trainable_params=summary.trainable_params,
-            steps=progress.step,
-            estimate=estimate,
+        run = Run(session, model, trainables, data, cadence, logs)
+        stop = hold.enter_context(_stop_signals(say))
+        clock = Clock(started, state.seconds)
+        import torch
+
+        try:
+            ending = _loop(run, state, clock, stop)
+        except torch.OutOfMemoryError as exc:
+            raise RuntimeFailure(_oom_message(recipe, data.prepared.max_length, state.step)) from exc
+        if ending != "finished":
+            return _result(run, state, None, interrupted=ending == "interrupted")
+        return _finish(run, state, clock, planned)
+
+
+def _loop(run: Run, state: TrainingState, clock: Clock, stop: _StopRequest) -> Ending:
+    """Optimizer steps until the last, an early stop, or a stop that was asked for (a signal, or
+    --stop-at-step); validation and checkpoints on their cadence."""
+    session, cadence, total = run.session, run.cadence, run.cadence.steps.total
+    run.trainables.model.train()
+    while state.step < total and not state.stopped_early:
+        step_start = time.perf_counter()
+        result = train_step(session.accelerator, run.trainables, run.data.train, state.step)
+        state.step += 1
+        _count_step(run, state, clock, result, time.perf_counter() - step_start)
+
+        last = state.step == total
+        if run.data.validation is not None and (state.step % cadence.eval_steps == 0 or last):
+            _validate(run, state, run.data.validation)
+            run.trainables.model.train()
+        interrupted = stop.requested(session.accelerator)
+        stopped_here = cadence.stop_at_step is not None and state.step >= cadence.stop_at_step and not last
+        if state.step % cadence.steps_per_checkpoint == 0 or ((interrupted or stopped_here) and not last):
+            _checkpoint(run, state, clock)
+        if (interrupted or stopped_here) and not last:
+            why = "interrupted" if interrupted else f"stopped at step {state.step} as asked"
+            session.say(f"{why}; checkpoint written. Continue with: lora-recipes train --resume {session.layout.root}")
+            return "interrupted" if interrupted else "stopped"
+    return "finished"
+
+
+def _finish(run: Run, state: TrainingState, clock: Clock, planned: RunPlan) -> TrainResult:
+    """The result folder (the last weights when there is no validation to pick the best by), the
+    cost report and the loss plot."""
+    session, validated = run.session, run.data.validation is not None
+    if state.stopped_early:
+        session.say(
+            f"early stop: {state.validations_since_best} validations without improvement; keeping the adapter "
+            f"of step {state.best_step} (validation loss {state.best_validation_loss:.4f})"
         )
-        report["adapter_step"] = progress.best_step if validation is not None else progress.step
-        report["best_validation_loss"] = progress.best_validation_loss
-        report["stopped_early"] = progress.stopped_early
-        if is_main:
-            reporter.close()
-            plots.plot_losses(read_metrics(run_dir / METRICS), run_dir / "loss.png", loaded.name)
-            rundir.write_text_atomic(run_dir / "cost_report.md", cost.render_markdown(report))
-            rundir.write_json_atomic(run_dir / "cost_report.json", report)  # last: marks the run finished
-        accelerator.wait_for_everyone()
-        return TrainResult(run_dir, progress.step, total, True, False, report, is_main, bare)
+    if not validated and session.is_main:  # nothing to pick the best by: keep the last weights
+        _save_result(run)
+    session.accelerator.wait_for_everyone()
+    peak = peak_memory(session.accelerator, session.device_type)
+    state.seconds = clock.run_seconds()
+    report = cost_report(planned, state, run.model.summary, peak, state.best_step if validated else state.step)
+    if session.is_main:
+        run.logs.close()
+        _plot(session)
+        layout = session.layout
+        rundir.write_text_atomic(layout.cost_report_md, render_cost_report(report))
+        rundir.write_json_atomic(layout.cost_report_json, report)  # last: marks the run finished
+    session.accelerator.wait_for_everyone()
+    return _result(run, state, report, interrupted=False)
 
 
-# -- pieces of the loop ------------------------------------------------------------------------
+def _result(run: Run, state: TrainingState, report: dict[str, Any] | None, *, interrupted: bool) -> TrainResult:
+    return TrainResult(
+        run_dir=run.session.layout.root,
+        step=state.step,
+        total_steps=run.cadence.steps.total,
+        finished=report is not None,
+        interrupted=interrupted,
+        report=report,
+        main_process=run.session.is_main,
+        model=run.trainables.bare,
+    )
 
 
-def token_loss_sum(model: Any, inputs: dict[str, Any], logits_mask: bool) -> Any:
-    """Sum of the cross-entropy of every answer token (prompt and padding are not trained).
-
-    With `logits_mask` the LM head runs only at the positions that predict an answer token; for
-    short answers (labels, classes) that skips most of a large vocabulary's projection.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    labels = inputs["labels"]
-    targets = labels[:, 1:]
-    if logits_mask:
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = targets != IGNORE_INDEX
-        logits = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep, use_cache=False
-        ).logits
-        wanted = targets[keep[:, :-1]]
-    else:
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-        logits, wanted = logits[:, :-1].flatten(0, 1), targets.flatten()
-    return F.cross_entropy(logits.float(), wanted, ignore_index=IGNORE_INDEX, reduction="sum")
+# -- what the loop does between steps ----------------------------------------------------------------
 
 
-def lr_factor(step: int, total: int, warmup: int, decay: str) -> float:
-    """Linear warmup from 0 over `warmup` steps, then cosine, linear or no decay to the end
-    (the transformers schedules' formulas)."""
-    if step < warmup:
-        return step / max(1, warmup)
-    if decay == "none":
-        return 1.0
-    done = (step - warmup) / max(1, total - warmup)
-    if decay == "linear":
-        return max(0.0, 1.0 - done)
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * done)))
+def _count_step(run: Run, state: TrainingState, clock: Clock, result: StepResult, seconds: float) -> None:
+    """Add a finished step to the counters, metrics.jsonl and the progress line."""
+    state.tokens_real += result.tokens_real
+    state.tokens_computed += result.tokens_computed
+    state.train_seconds += seconds
+    state.seconds = clock.run_seconds()
+    clock.tokens += result.tokens_real
+    clock.train_seconds += seconds
+    if result.grad_norm == 0.0 and not clock.told_zero_gradient:
+        clock.told_zero_gradient = True
+        run.session.say(f"warning: step {state.step}: the gradient norm is 0.0; no gradient reached the adapter")
+    run.logs.metrics.record(
+        {
+            "event": "train",
+            "step": state.step,
+            "epoch": round(state.step / run.cadence.steps.per_epoch, 4),
+            "loss": result.loss,
+            "learning_rate": result.learning_rate,
+            "grad_norm": result.grad_norm,
+            "tokens": result.tokens_real,
+            "computed_tokens": result.tokens_computed,
+            "padding_share": 1 - result.tokens_real / result.tokens_computed,
+            "seconds": seconds,
+        }
+    )
+    run.logs.progress_line.update(state.step, result.loss, clock.tokens / clock.train_seconds, state.seconds)
 
 
-def validation_loss(
-    accelerator: Any, model: Any, tokenizer: Any, split: TokenizedSplit, batches: list[list[int]], logits_mask: bool
-) -> float:
-    """Mean answer-token loss over the whole validation split (each process scores its share)."""
-    import torch
-
-    model.eval()
-    total = 0.0
-    count = 0
-    with torch.no_grad():
-        for batch in batches:
-            inputs = batching.collate(split, batch, tokenizer.pad_token_id, accelerator.device)
-            total += token_loss_sum(model, inputs, logits_mask).item()
-            count += batching.label_tokens(batch, split)
-    summed = _sum_over_processes(accelerator, total, count)
-    return summed[0] / max(summed[1], 1)
-
-
-def _validate(
-    accelerator: Any,
-    model: Any,
-    tokenizer: Any,
-    split: TokenizedSplit,
-    batches: list[list[int]],
-    logits_mask: bool,
-    progress: Progress,
-    run_dir: Path,
-    full: bool,
-    early_stop: int,
-    reporter: Reporter,
-    say: Callable[[str], None],
-) -> None:
-    """Validation loss; a new best is saved as the run's adapter; early stopping is decided."""
+def _validate(run: Run, state: TrainingState, data: ValidationData) -> None:
+    """Validation loss; a new best is saved as the run's result; early stopping is decided."""
+    session = run.session
     start = time.perf_counter()
-    loss = validation_loss(accelerator, model, tokenizer, split, batches, logits_mask)
-    best = progress.best_validation_loss is None or loss < progress.best_validation_loss
-    if best:
-        progress.best_validation_loss, progress.best_step, progress.validations_since_best = loss, progress.step, 0
-        if accelerator.is_main_process:
-            _save_result(run_dir, model, tokenizer, full)
-    else:
-        progress.validations_since_best += 1
-        # early_stop 0 behaves as 1: stop at the first validation without improvement.
-        progress.stopped_early = early_stop >= 0 and progress.validations_since_best >= max(early_stop, 1)
-    accelerator.wait_for_everyone()
-    reporter.record(
+    loss = validation_loss(session.accelerator, run.trainables.bare, data, run.trainables.logits_mask)
+    best = judge(state, loss, run.cadence.early_stop)
+    if best and session.is_main:
+        _save_result(run)
+    session.accelerator.wait_for_everyone()
+    run.logs.metrics.record(
         {
             "event": "validation",
-            "step": progress.step,
+            "step": state.step,
             "validation_loss": loss,
             "best": best,
             "seconds": time.perf_counter() - start,
         }
     )
-    say(f"step {progress.step}: validation loss {loss:.4f}{' (best so far)' if best else ''}")
+    session.say(f"step {state.step}: validation loss {loss:.4f}{' (best so far)' if best else ''}")
 
 
-def _save_result(run_dir: Path, model: Any, tokenizer: Any, full: bool) -> None:
+def _checkpoint(run: Run, state: TrainingState, clock: Clock) -> None:
+    session = run.session
+    state.seconds = clock.run_seconds()
+    state.metrics_lines = run.logs.metrics.lines
+    checkpoint.save_checkpoint(
+        session.layout, state, run.trainables, session.accelerator, run.cadence.checkpoints_to_keep
+    )
+    if session.is_main:  # a long run's curve so far
+        _plot(session)
+
+
+def _save_result(run: Run) -> None:
     """The run's product, `adapter/` (or `model/` for full fine-tuning), each file replaced
     atomically."""
-    staging = rundir.staging_dir(run_dir, "result")
-    models.save_trained(model, tokenizer, staging, full=full)
-    rundir.replace_files_from(staging, run_dir / ("model" if full else "adapter"))
+    layout, full = run.session.layout, run.model.full
+    staging = rundir.staging_dir(layout.root, "result")
+    models.save_trained(run.trainables.bare, run.model.tokenizer, staging, full=full)
+    rundir.replace_files_from(staging, layout.result(full=full))
 
 
-def _sum_over_processes(accelerator: Any, *values: float) -> Any:
-    """Sum numbers over all processes (one value: a float; several: a list)."""
-    if accelerator.num_processes == 1:
-        return values[0] if len(values) == 1 else list(values)
-    import torch
-
-    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
-    summed = accelerator.reduce(tensor, reduction="sum").tolist()
-    return summed[0] if len(values) == 1 else summed
+def _plot(session: Session) -> None:
+    layout = session.layout
+    plots.plot_losses(read_metrics(layout.metrics), layout.loss_plot, session.name)
 
 
 class _StopRequest:
     def __init__(self) -> None:
         self.flag = False
 
-    def requested(self, accelerator: Any) -> bool:
+    def requested(self, accelerator: Accelerator) -> bool:
         """Whether any process was asked to stop (all processes must stop at the same step)."""
-        return bool(_sum_over_processes(accelerator, float(self.flag))) if accelerator.num_processes > 1 else self.flag
+        if accelerator.num_processes == 1:
+            return self.flag
+        return bool(sum_over_processes(accelerator, float(self.flag)))
 
 
 @contextlib.contextmanager
@@ -457,7 +414,171 @@ def _stop_signals(say: Callable[[str], None]) -> Iterator[_StopRequest]:
             signal.signal(sig, old)
 
 
-# -- set-up helpers ----------------------------------------------------------------------------
+# -- set-up phases -----------------------------------------------------------------------------------
+
+
+def _start_accelerator(device: str, dtype: str) -> tuple[Accelerator, str]:
+    """The process group, and the device type (cuda or cpu) the `trainer.device` setting gives."""
+    import torch
+    from accelerate import Accelerator
+
+    device_type = models.resolve_device(device)
+    model_dtype = models.resolve_dtype(dtype, device_type)
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model_dtype, "no")
+    accelerator = Accelerator(
+        cpu=device_type == "cpu",
+        mixed_precision=precision if device_type == "cuda" else "no",
+        device_placement=False,  # the model is loaded onto its device; batches are moved by collate
+    )
+    return accelerator, device_type
+
+
+def _set_up_model(loaded: LoadedRecipe, source: ModelSource, session: Session) -> LoadedModel:
+    models.quiet_transformers()
+    recipe = loaded.recipe
+    tokenizer, model = _load_model(loaded, source, session.accelerator)
+    summary = models.summarize(model)
+    how = _describe_loading(recipe, session.device_type, session.accelerator.num_processes)
+    session.say(f"loaded {recipe.base_model}: {how}; {summary.describe()}")
+    full = recipe.adapter.type == "none"
+    return LoadedModel(tokenizer, model, summary, models.supports_logits_mask(model), full)
+
+
+def _set_up_data(
+    session: Session, prepare: Callable[[], PreparedData], t: Trainer, seed: int, pad_token_id: int
+) -> RunData:
+    """The prepared data (one process fills the tokenized-data cache), the micro-batches of
+    every step, and this process's share of the validation batches."""
+    accelerator, world = session.accelerator, session.accelerator.num_processes
+    with accelerator.main_process_first():
+        data = prepare()
+    if len(data.train) == 0:
+        raise UserError("the training split has no rows left after preparation; check data.dataset and data.max_rows")
+    split = data.validation if data.validation is not None and len(data.validation) else None
+    schedule = batching.Schedule(
+        tuple(data.train.lengths), t.batch_size, t.gradient_accumulation_steps, world, seed, t.group_by_length
+    )
+    eval_batch = t.eval_batch_size or t.batch_size
+    session.say(_padding_note(schedule, data.train))
+    measured = Measured(
+        train_rows=len(data.train),
+        validation_rows=len(split) if split is not None else 0,
+        train_tokens_per_epoch=schedule.computed_tokens_per_epoch(),
+        validation_tokens=_validation_tokens(split, eval_batch),
+        max_length=data.max_length,
+        processes=world,
+    )
+    validation = (
+        ValidationData(
+            split,
+            batching.evaluation_batches(split.lengths, eval_batch, world, accelerator.process_index),
+            pad_token_id,
+        )
+        if split is not None
+        else None
+    )
+    steps = trainer_steps(t, train_rows=len(data.train), processes=world)
+    return RunData(data, TrainingData(data.train, schedule, pad_token_id), validation, steps, measured)
+
+
+def _set_up_optimizer(session: Session, model: LoadedModel, t: Trainer, total: int) -> Trainables:
+    """The recipe's optimizer over the trainable parameters and its learning-rate schedule,
+    prepared by accelerate (the model is wrapped for data parallelism)."""
+    import torch
+
+    params = [p for p in model.model.parameters() if p.requires_grad]
+    o = t.optimizer
+    optimizer = models.build_optimizer(
+        params, type=o.type, lr=t.learning_rate, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+    )
+    warmup = math.ceil(t.learning_rate_scheduler.warmup_fraction * total)
+    decay = t.learning_rate_scheduler.decay
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, decay))
+    wrapped, optimizer = session.accelerator.prepare(model.model, optimizer)
+    max_norm = t.gradient_clipping.clipglobalnorm
+    return Trainables(
+        model=wrapped,
+        bare=session.accelerator.unwrap_model(wrapped),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        max_norm=max_norm if max_norm is not None else math.inf,
+        logits_mask=model.logits_mask,
+    )
+
+
+def _open_logs(
+    session: Session, loaded: LoadedRecipe, options: TrainOptions, state: TrainingState, total: int, cost: float
+) -> Logs:
+    """metrics.jsonl (continued from a checkpoint), the recipe's extra sinks and the progress line;
+    `cost` is dollars per second of the run."""
+    return Logs(
+        MetricsLog(
+            session.layout,
+            enabled=session.is_main,
+            lines=state.metrics_lines,
+            report_to=loaded.recipe.trainer.report_to,
+            run_config=loaded.resolved,
+            say=session.say,
+        ),
+        ProgressLine(
+            enabled=session.is_main,
+            total_steps=total,
+            start_step=state.step,
+            cost_per_second=cost,
+            stream=options.stream,
+        ),
+    )
+
+
+def _resume(session: Session, split_hashes: dict[str, str], trainables: Trainables) -> TrainingState | None:
+    """Restore the newest checkpoint into the live objects (None: there is none yet). The data
+    must be what the run started with."""
+    import json
+
+    layout, say = session.layout, session.say
+    run_dir = layout.root
+    path = layout.manifest
+    recorded = json.loads(path.read_text(encoding="utf-8"))["data_hashes"] if path.is_file() else {}
+    if recorded and recorded != split_hashes:
+        changed = sorted(k for k in set(recorded) | set(split_hashes) if recorded.get(k) != split_hashes.get(k))
+        raise UserError(
+            f"--resume {run_dir}: the data changed since the run started ({', '.join(changed)}); resuming would not "
+            "continue the same training. Restore the data or start a new run"
+        )
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest is None:
+        say(f"{run_dir} has no checkpoint yet: starting it from the beginning")
+        return None
+    accelerator = session.accelerator
+    state = checkpoint.load_checkpoint(
+        latest, trainables, rank=accelerator.process_index, world_size=accelerator.num_processes
+    )
+    say(f"resuming from {latest.relative_to(run_dir)} (step {state.step:,})")
+    return state
+
+
+def _write_run_files(
+    layout: RunLayout, planned: RunPlan, options: TrainOptions, origin: manifest.Origin, from_step: int
+) -> None:
+    """plan.json and manifest.json (a resumed run adds a session to its manifest)."""
+    import datetime as dt
+    import json
+
+    session = {
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command_line": list(options.command_line),
+        "from_step": from_step,
+    }
+    if options.resume and layout.manifest.is_file():
+        record = json.loads(layout.manifest.read_text(encoding="utf-8"))
+    else:
+        rundir.write_json_atomic(layout.plan, planned.document)
+        record = manifest.build_manifest(origin, planned.device)
+    record["sessions"].append(session)
+    rundir.write_json_atomic(layout.manifest, record)
+
+
+# -- set-up helpers ------------------------------------------------------------------------------------
 
 
 class _Say:
@@ -474,7 +595,7 @@ class _Say:
             self.stream.flush()
 
 
-def _pipeline(loaded: LoadedRecipe, tokenizer: Any) -> PreparedData:
+def _pipeline(loaded: LoadedRecipe, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
     from lora_recipes.data.pipeline import prepare_training_data
 
     return prepare_training_data(loaded, tokenizer)
@@ -503,7 +624,9 @@ def _check_cpu_is_enough(loaded: LoadedRecipe, device_type: str, setting: str) -
         )
 
 
-def _load_model(loaded: LoadedRecipe, source: ModelSource, accelerator: Any) -> tuple[Any, Any]:
+def _load_model(
+    loaded: LoadedRecipe, source: ModelSource, accelerator: Accelerator
+) -> tuple[PreTrainedTokenizerBase, torch.nn.Module]:
     """Tokenizer and trainable model: the base (quantized per the recipe) prepared for training,
     with fresh LoRA adapters unless the recipe fine-tunes every weight."""
     from accelerate.utils import set_seed
@@ -525,7 +648,7 @@ def _load_model(loaded: LoadedRecipe, source: ModelSource, accelerator: Any) -> 
     return tokenizer, model
 
 
-def _describe_loading(recipe: Any, device_type: str, world: int) -> str:
+def _describe_loading(recipe: Recipe, device_type: str, world: int) -> str:
     q = recipe.quantization
     if q.bits == 4:
         double = ", double quantization" if q.bnb_4bit_use_double_quant else ""
@@ -561,11 +684,11 @@ def _open_run_dir(loaded: LoadedRecipe, options: TrainOptions, hold: contextlib.
         rundir.check_new_run_dir(run_dir, overwrite=options.overwrite)
     hold.enter_context(rundir.run_lock(run_dir))
     if not options.resume:  # first, so that a run killed while loading can be resumed
-        rundir.write_text_atomic(run_dir / rundir.RESOLVED_RECIPE, rundir.resolved_recipe_text(loaded))
+        rundir.write_text_atomic(RunLayout(run_dir).resolved_recipe, rundir.resolved_recipe_text(loaded))
     return run_dir.resolve()
 
 
-def _agree(accelerator: Any, decide: Callable[[], Path]) -> Path:
+def _agree(accelerator: Accelerator, decide: Callable[[], Path]) -> Path:
     """Run `decide` on the main process and give every process its result, or its error (so a
     refused run directory stops all processes, not just the first)."""
     outcome: list[Any] = [None]
@@ -585,80 +708,7 @@ def _agree(accelerator: Any, decide: Callable[[], Path]) -> Path:
     return Path(rest[0])
 
 
-def _resume(
-    run_dir: Path,
-    data: PreparedData,
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    rank: int,
-    world: int,
-    say: Callable[[str], None],
-) -> Progress | None:
-    import json
-
-    path = run_dir / "manifest.json"
-    recorded = json.loads(path.read_text(encoding="utf-8"))["data_hashes"] if path.is_file() else {}
-    if recorded and recorded != data.split_hashes:
-        changed = sorted(
-            k for k in set(recorded) | set(data.split_hashes) if recorded.get(k) != data.split_hashes.get(k)
-        )
-        raise UserError(
-            f"--resume {run_dir}: the data changed since the run started ({', '.join(changed)}); resuming would not "
-            "continue the same training. Restore the data or start a new run"
-        )
-    latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is None:
-        say(f"{run_dir} has no checkpoint yet: starting it from the beginning")
-        return None
-    progress = checkpoint.load_checkpoint(
-        latest, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank, world_size=world
-    )
-    say(f"resuming from {latest.relative_to(run_dir)} (step {progress.step:,})")
-    return progress
-
-
-def _write_run_files(
-    run_dir: Path,
-    loaded: LoadedRecipe,
-    plan: dict[str, Any],
-    data: PreparedData,
-    options: TrainOptions,
-    device_type: str,
-    name: str,
-    world: int,
-    source: ModelSource,
-    progress: Progress,
-) -> None:
-    """plan.json and manifest.json (a resumed run adds a session to its manifest)."""
-    import datetime as dt
-    import json
-
-    session = {
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command_line": list(options.command_line),
-        "from_step": progress.step,
-    }
-    path = run_dir / "manifest.json"
-    if options.resume and path.is_file():
-        record = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        rundir.write_json_atomic(run_dir / "plan.json", plan)
-        record = manifest.build_manifest(
-            seed=loaded.recipe.seed,
-            split_hashes=data.split_hashes,
-            device=device_type,
-            device_name=name,
-            processes=world,
-            base_model=loaded.recipe.base_model,
-            model_location=source.describe(),
-            command_line=list(options.command_line),
-        )
-    record["sessions"].append(session)
-    rundir.write_json_atomic(path, record)
-
-
-def _oom_message(recipe: Any, max_length: int, step: int) -> str:
+def _oom_message(recipe: Recipe, max_length: int, step: int) -> str:
     t = recipe.trainer
     return (
         f"out of memory at step {step + 1}. Lower trainer.batch_size (now {t.batch_size}; raise "
@@ -697,7 +747,7 @@ def train_command(
         ]
         if extra:
             raise UserError(
-                f"--resume continues a run with the recipe it started with ({resume / rundir.RESOLVED_RECIPE}); "
+                f"--resume continues a run with the recipe it started with ({RunLayout(resume).resolved_recipe}); "
                 f"leave out {', '.join(extra)}"
             )
         loaded = rundir.load_run_recipe(resume)
