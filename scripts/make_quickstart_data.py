@@ -8,8 +8,9 @@ laptop. Everything here is made up by this script from its own word lists, so th
 redistribute. The output is deterministic: `--check` verifies the shipped files are what the script
 writes.
 
-    python scripts/make_quickstart_data.py            # (re)write recipes/data/quickstart/*.jsonl
-    python scripts/make_quickstart_data.py --check    # exit 1 if the shipped files differ
+    python scripts/make_quickstart_data.py                 # (re)write recipes/data/quickstart/*.jsonl
+    python scripts/make_quickstart_data.py --check         # exit 1 if the shipped files differ
+    python scripts/make_quickstart_data.py --output DIR    # write (or --check) another folder
 """
 
 from __future__ import annotations
@@ -94,22 +95,25 @@ def render(rows: list[dict[str, object]]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="verify the shipped files instead of writing them")
+    parser.add_argument("--output", type=Path, default=OUT, help="folder of the split files (default: the shipped one)")
     args = parser.parse_args()
+    out: Path = args.output
     splits = generate()
     if args.check:
-        stale = [s for s, rows in splits.items() if not (OUT / f"{s}.jsonl").is_file()
-                 or (OUT / f"{s}.jsonl").read_text(encoding="utf-8") != render(rows)]  # fmt: skip
+        stale = [s for s, rows in splits.items() if not (out / f"{s}.jsonl").is_file()
+                 or (out / f"{s}.jsonl").read_text(encoding="utf-8") != render(rows)]  # fmt: skip
         if stale:
             print(f"stale quickstart data: {', '.join(stale)} (run scripts/make_quickstart_data.py)", file=sys.stderr)
             return 1
         print("quickstart data is up to date")
         return 0
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
-        tmp = OUT / f".{split}.jsonl.tmp"
-        tmp.write_text(render(rows), encoding="utf-8")
-        tmp.replace(OUT / f"{split}.jsonl")
-        print(f"wrote {len(rows)} rows to {OUT / f'{split}.jsonl'}")
+        tmp = out / f".{split}.jsonl.tmp"
+        with tmp.open("w", encoding="utf-8", newline="\n") as handle:
+            handle.write(render(rows))
+        tmp.replace(out / f"{split}.jsonl")
+        print(f"wrote {len(rows)} rows to {out / f'{split}.jsonl'}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny in-process model, the shared task data, an isolated cache."""
+"""Shared fixtures: the tiny in-process model, the shared task data, an isolated cache; and the
+rule that keeps the test tiers honest (a test that builds or loads a model is marked slow)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 SHARED_DATA = Path(os.environ.get("LORA_RECIPES_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+# Fixtures that build or load a model: a test that asks for one belongs to the slow tier.
+MODEL_FIXTURES = frozenset({"tiny_model_dir"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail, before any fixture is set up, a test whose markers put it in the wrong tier, so that
+    `make test-fast` (-m "not slow") never builds a model and the gpu tier is always slow too."""
+    marks = {mark.name for mark in item.iter_markers()}
+    models = sorted(MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    if models and "slow" not in marks:
+        pytest.fail(f"{item.nodeid} uses {', '.join(models)} (builds or loads a model) but is not marked slow")
+    if "gpu" in marks and "slow" not in marks:
+        pytest.fail(f"{item.nodeid} is marked gpu but not slow")
 
 
 @pytest.fixture(autouse=True, scope="session")

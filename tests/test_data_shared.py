@@ -37,6 +37,7 @@ def source_distribution(folder: Path, split: str) -> dict:
     return json.loads(match[1])
 
 
+@pytest.mark.slow
 def test_sst2_rows_and_labels_match_source_md(tiny_model_dir: Path) -> None:
     folder = shared_task_data("sst2")
     expected = source_rows(folder)

@@ -117,6 +117,7 @@ def test_rows_with_answers_too_long_are_dropped_and_counted(tmp_path: Path) -> N
 # --- masking with the real (tiny) tokenizer ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_labels_mask_the_prompt_and_cover_answer_and_eos(tmp_path: Path, tiny_tokenizer) -> None:
     sentiment_folder(tmp_path, train=12, validation=3, test=0)
     recipe = sentiment_recipe()
@@ -147,6 +148,7 @@ def _prepared_state(tmp_path: Path, tokenizer, **recipe_changes) -> tuple[str, l
     return prepared.report["data"]["cache"], prepared.train.input_ids
 
 
+@pytest.mark.slow
 def test_cache_is_reused_and_never_stale(tmp_path: Path, tiny_tokenizer) -> None:
     data = sentiment_folder(tmp_path, train=20, validation=4, test=0)
     state, first = _prepared_state(tmp_path, tiny_tokenizer)
@@ -174,6 +176,7 @@ def test_cache_is_reused_and_never_stale(tmp_path: Path, tiny_tokenizer) -> None
     assert state == "written"
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_file_is_ignored_and_rewritten(tmp_path: Path, tiny_tokenizer) -> None:
     sentiment_folder(tmp_path, train=10, validation=2, test=0)
     state, first = _prepared_state(tmp_path, tiny_tokenizer, prompt={"template": "Damaged? {text} ->"})
@@ -186,6 +189,7 @@ def test_a_damaged_cache_file_is_ignored_and_rewritten(tmp_path: Path, tiny_toke
     assert not list(cache.cache_dir().glob(".writing-*"))  # no temporary files left behind
 
 
+@pytest.mark.slow
 def test_tokenizer_identity_ignores_where_it_was_loaded_from(tmp_path: Path, tiny_model_dir: Path) -> None:
     from lora_recipes.model.loading import load_tokenizer
 
@@ -197,6 +201,7 @@ def test_tokenizer_identity_ignores_where_it_was_loaded_from(tmp_path: Path, tin
     assert tokenizer_identity(a) != tokenizer_identity(WordTokenizer())
 
 
+@pytest.mark.slow
 def test_direct_encoding_matches_the_tokenizer_and_steps_aside_for_truncation(tiny_model_dir: Path) -> None:
     from lora_recipes.model.loading import load_tokenizer
 

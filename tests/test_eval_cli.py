@@ -155,6 +155,7 @@ def test_predict_names_the_bad_input_line(trained: tuple[Path, Path], tmp_path: 
     assert result.exit_code == 2 and f"{bad}:2: not valid JSON" in result.stderr
 
 
+@pytest.mark.slow
 def test_user_errors_exit_2_with_one_message(tmp_path: Path, tiny_model_dir: Path) -> None:
     recipe = write_task(tmp_path, tiny_model_dir)
     cases = [

@@ -59,6 +59,7 @@ def test_left_padding_puts_every_prompt_against_the_right_edge() -> None:
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
+@pytest.mark.slow
 def test_batched_generation_equals_one_prompt_at_a_time(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
     lengths = {len(ids) for ids in encode_prompts(tokenizer, PROMPTS)}
@@ -69,6 +70,7 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny: tuple[Any, Any]) -
     assert len(set(batched)) == len(PROMPTS)  # distinct outputs: a row mix-up would show
 
 
+@pytest.mark.slow
 def test_on_batch_reports_every_prompt_once(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
     seen: dict[int, str] = {}
@@ -83,6 +85,7 @@ def test_on_batch_reports_every_prompt_once(tiny: tuple[Any, Any]) -> None:
     assert seen == dict(enumerate(out))
 
 
+@pytest.mark.slow
 def test_max_new_tokens_bounds_the_output(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
     short = generate(model, tokenizer, PROMPTS, Decoding(3, 0.0, 1.0, ()), batch_size=5)
@@ -90,6 +93,7 @@ def test_max_new_tokens_bounds_the_output(tiny: tuple[Any, Any]) -> None:
         assert text == tokenizer.decode(one_at_a_time(model, tokenizer, prompt, 3), skip_special_tokens=True)
 
 
+@pytest.mark.slow
 def test_generation_stops_at_eos(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
     tokens = one_at_a_time(model, tokenizer, PROMPTS[1], 10)
@@ -103,6 +107,7 @@ def test_generation_stops_at_eos(tiny: tuple[Any, Any]) -> None:
     assert text == tokenizer.decode(tokens[:2], skip_special_tokens=True)
 
 
+@pytest.mark.slow
 def test_generation_stops_at_a_stop_string_and_the_output_is_cut_before_it(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
     tokens = [one_at_a_time(model, tokenizer, p, 10) for p in PROMPTS]
@@ -126,6 +131,7 @@ def test_finish_output_cuts_at_the_first_stop_and_drops_the_target_prefix() -> N
     assert finish_output("no stop here", (), " ") == "no stop here"
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_with_the_seed(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
     hot = Decoding(10, 1.5, 0.95, ())
@@ -143,6 +149,7 @@ def plain_log_likelihood(model: Any, tokenizer: Any, prompt: str, cont: list[int
     return sum(float(logprobs[start - 1 + k, t]) for k, t in enumerate(cont))
 
 
+@pytest.mark.slow
 def test_rank_matches_the_unbatched_log_likelihoods(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
     labels = ["negative", "positive", "neutral"]
@@ -154,6 +161,7 @@ def test_rank_matches_the_unbatched_log_likelihoods(tiny: tuple[Any, Any]) -> No
         assert result.label == labels[max(range(3), key=lambda j: expected[j])]
 
 
+@pytest.mark.slow
 def test_rank_scores_eos_when_one_label_begins_another(tiny: tuple[Any, Any]) -> None:
     _, tokenizer = tiny
     plain = label_continuations(tokenizer, ["negative", "positive"], " ")

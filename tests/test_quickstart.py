@@ -37,6 +37,7 @@ def test_splits_are_disjoint_and_answers_are_json() -> None:
             assert order["city"] in row["text"] and 1 <= order["quantity"] <= 12
 
 
+@pytest.mark.slow
 def test_plan_reads_the_shipped_data(tiny_model_dir: Path) -> None:
     result = runner.invoke(app, ["plan", str(QUICKSTART), "--format", "json", "--set", f"base_model={tiny_model_dir}"])
     assert result.exit_code == 0, result.output

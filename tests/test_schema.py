@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from lora_recipes.recipe.schema import fill_defaults, load_schema
+from lora_recipes.recipe.schema import SCHEMA_FILE, fill_defaults, load_schema
 from lora_recipes.recipe.types import dataclass_tree
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGED = ROOT / "src" / "lora_recipes" / "recipe" / "recipe.schema.json"  # the real file
+REPOSITORY_COPY = ROOT / "schemas" / "recipe.schema.json"  # written from it by `make docs`
 
 
 def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -33,8 +35,22 @@ def test_schema_is_valid_draft_2020_12() -> None:
     Draft202012Validator.check_schema(schema)
 
 
-def test_packaged_schema_is_the_repository_schema() -> None:
-    assert load_schema() == json.loads((ROOT / "schemas" / "recipe.schema.json").read_text())
+def test_the_package_loads_the_real_schema_file() -> None:
+    import lora_recipes.recipe.schema as schema_module
+
+    assert Path(schema_module.__file__).parent / SCHEMA_FILE == PACKAGED
+    assert PACKAGED.is_file() and not PACKAGED.is_symlink()
+    assert load_schema() == json.loads(PACKAGED.read_bytes())
+
+
+def test_repository_schema_is_a_byte_for_byte_copy_of_the_packaged_schema() -> None:
+    """schemas/recipe.schema.json (what recipes name for editors) is generated, never linked or edited."""
+    assert PACKAGED.exists() and REPOSITORY_COPY.exists()
+    assert not PACKAGED.is_symlink() and not REPOSITORY_COPY.is_symlink()
+    assert not REPOSITORY_COPY.samefile(PACKAGED)  # not a hard link either: two files
+    assert REPOSITORY_COPY.read_bytes() == PACKAGED.read_bytes(), (
+        f"{REPOSITORY_COPY.relative_to(ROOT)} differs from {PACKAGED.relative_to(ROOT)}: run make docs"
+    )
 
 
 def test_every_property_has_a_type_and_a_description() -> None:
