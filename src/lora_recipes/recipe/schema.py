@@ -1,7 +1,7 @@
 """The recipe JSON Schema: loading it, validating against it, and filling its defaults.
 
-`schemas/recipe.schema.json` is the contract and the only place defaults are written down; the
-package ships it (as `lora_recipes/recipe.schema.json`) so an installed tool has it too.
+`recipe.schema.json` beside this module is the contract and the only place defaults are written
+down; the repository's `schemas/recipe.schema.json` (for editors) is a copy that `make docs` writes.
 """
 
 from __future__ import annotations
