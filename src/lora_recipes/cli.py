@@ -479,7 +479,8 @@ def check_adapter(
 @app.command()
 def export(
     run_dir: Annotated[
-        Path, typer.Argument(help="A training run directory, or its adapter/ folder.", show_default=False)
+        Path,
+        typer.Argument(metavar="RUN_DIR", help="A training run directory, or its adapter/ folder.", show_default=False),
     ],
     merged: Annotated[
         Path,

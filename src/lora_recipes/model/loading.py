@@ -7,16 +7,17 @@ directly.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lora_recipes.atomic import staging_dir, widen_to_umask, write_text_atomic
 from lora_recipes.errors import RuntimeFailure, UserError
-from lora_recipes.model.source import ModelSource
+from lora_recipes.model.source import BaseIdentity, ModelSource, describe_base
 from lora_recipes.paths import cache_root
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,7 +56,8 @@ def materialize(source: ModelSource, *, revision: str | None = None) -> str:
 
     GGUF weights are de-quantized and saved once as a safetensors folder under the cache (the
     first load takes 20-30 s; later ones about a second). The cache key covers the file's path,
-    size and modification time, so a changed file is converted again.
+    size and modification time, so a changed file is converted again. The folder and its files get
+    the modes the umask allows, so other users of a shared cache can read them.
     """
     if not source.gguf_file:
         return source.location
@@ -74,7 +76,7 @@ def materialize(source: ModelSource, *, revision: str | None = None) -> str:
     if (target / "config.json").is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    staging = staging_dir(target.parent, "converting")
     try:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file, revision=revision)
@@ -90,6 +92,7 @@ def materialize(source: ModelSource, *, revision: str | None = None) -> str:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         del model
+        widen_to_umask(staging)
         try:
             staging.rename(target)
         except OSError:  # another process finished first
@@ -166,10 +169,12 @@ def load_base_model(
     double_quant: bool = True,
     compute_dtype: str = "bfloat16",
     int8_threshold: float = 6.0,
+    hub_id: str | None = None,
     device: str = "cpu",
 ) -> Any:
     """Load the frozen base model, quantized when `bits` is 4 or 8, on `device` (cpu, cuda or
-    cuda:N)."""
+    cuda:N). The model carries its `BaseIdentity` (see `base_identity`; `hub_id` names the hub
+    model a GGUF or local base was made from), which `save_trained` writes into the adapter."""
     from transformers import AutoModelForCausalLM
 
     location = materialize(source, revision=revision)
@@ -199,7 +204,29 @@ def load_base_model(
             f"out of memory loading {source.describe()}: use quantization.bits: 4, or a larger GPU"
         ) from exc
     disable_cpu_inference_repack(model)
+    identity = describe_base(
+        source, revision=revision, hub_id=hub_id, commit=getattr(model.config, "_commit_hash", None)
+    )
+    model.__dict__[_IDENTITY_ATTRIBUTE] = identity
     return model
+
+
+_IDENTITY_ATTRIBUTE = "lora_recipes_base"
+
+
+def base_identity(model: Any) -> BaseIdentity | None:
+    """The `BaseIdentity` that `load_base_model` gave a model, looked for through peft's and
+    accelerate's wrappers; None for a model loaded some other way."""
+    seen = 0
+    while model is not None and seen < 8:
+        found = getattr(model, "__dict__", {}).get(_IDENTITY_ATTRIBUTE)
+        if isinstance(found, BaseIdentity):
+            return found
+        # peft's PeftModel, then DistributedDataParallel and friends
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else getattr(model, "module", None)
+        model = inner if inner is not model else None
+        seen += 1
+    return None
 
 
 def _check_bitsandbytes_cpu(bits: int) -> None:
@@ -310,21 +337,42 @@ def supports_logits_mask(model: Any) -> bool:
     return module is not None and hasattr(module, "slice_logits_to_keep")
 
 
-def save_trained(model: Any, tokenizer: Any, folder: str | Path, *, full: bool) -> None:
+def save_trained(
+    model: Any, tokenizer: Any, folder: str | Path, *, full: bool, base: BaseIdentity | None = None
+) -> BaseIdentity | None:
     """Write what training produced into `folder`: a PEFT adapter (adapter_config.json and
     adapter_model.safetensors, which peft, vLLM and LoRAX load), or for full fine-tuning the
-    whole model with its tokenizer, a folder usable as a `base_model`."""
+    whole model with its tokenizer, a folder usable as a `base_model`.
+
+    The adapter's `base_model_name_or_path` is the base's portable id (`portable_base_id`: a hub
+    id, never a path on this machine) and its `revision` the hub commit where known. `base`
+    defaults to what `load_base_model` attached to the model. Returns the `BaseIdentity` used
+    (None when the model carries none), for the run's manifest."""
     folder = Path(folder)
+    base = base or base_identity(model)
     if full:
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
-        return
+        return base
     # Hand peft the trainable tensors rather than letting it call model.state_dict(): that would
     # serialise every frozen 4-bit weight only to drop it (and bitsandbytes unpacks CPU-repacked
     # weights while doing so).
     trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     model.save_pretrained(folder, safe_serialization=True, state_dict=trainable)
     (folder / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
+    if base is not None:
+        set_adapter_base(folder, base)
+    return base
+
+
+def set_adapter_base(folder: Path, base: BaseIdentity) -> None:
+    """Point a saved adapter's adapter_config.json at `base`'s portable id (and its revision),
+    rewriting the file atomically in peft's own layout."""
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base.id
+    config["revision"] = base.id_revision
+    write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True))
 
 
 def build_optimizer(
