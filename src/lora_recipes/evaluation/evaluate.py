@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_recipes import __version__
+from lora_recipes.atomic import write_json_atomic, write_text_atomic
 from lora_recipes.data.types import EvaluationSet, Example
 from lora_recipes.errors import UserError
 from lora_recipes.evaluation.endpoints import Answer, Client, Endpoint, Policy, ask_all, public_url, url_problem
@@ -42,7 +43,7 @@ from lora_recipes.evaluation.reference import reference_scores
 from lora_recipes.evaluation.table import render_table
 from lora_recipes.recipe.loader import LoadedRecipe
 from lora_recipes.recipe.types import Recipe
-from lora_recipes.training.run_dir import RunLayout, write_json_atomic, write_text_atomic
+from lora_recipes.training.run_dir import RunLayout
 
 EVAL_FILE = "eval.json"
 TABLE_FILE = "table.md"
@@ -234,11 +235,24 @@ def fingerprint(system: System, recipe: Recipe) -> str:
             "quantization": dataclasses.asdict(recipe.quantization),
             "labels": recipe.output.labels,
         }
+        if recipe.prompt.chat_template != "none":  # raw text keeps the keys it always had
+            shape["chat"] = chat_identity(recipe)
     if system.adapter_dir is not None:
         shape["adapter"] = [str(system.adapter_dir.resolve()), _file_identity(system.adapter_dir)]
     if system.endpoint is not None:
         shape["endpoint"] = dataclasses.asdict(system.endpoint)
     return _hash(shape)
+
+
+def chat_identity(recipe: Recipe) -> list[Any]:
+    """The chat-template settings that shape a local model's prompts: the setting, the system
+    message and, for a template file, its content."""
+    setting = recipe.prompt.chat_template
+    content = None
+    if setting not in ("auto", "tokenizer"):
+        with contextlib.suppress(OSError):
+            content = hashlib.sha256(Path(setting).read_bytes()).hexdigest()
+    return [setting, recipe.prompt.system, content]
 
 
 # --- answering --------------------------------------------------------------------------------
@@ -277,9 +291,12 @@ def answer_local(
     prompts: Sequence[str],
     on_answers: Callable[[list[int], list[dict[str, Any]]], None],
 ) -> None:
-    """Generate (or rank labels) for `prompts`; `on_answers(indices, records)` after each batch."""
+    """Generate (or rank labels) for `prompts`; `on_answers(indices, records)` after each batch.
+    The prompts are raw; the recipe's prompt format (`prompt.chat_template`) wraps them as training did."""
+    from lora_recipes.data.chat import prompt_format
     from lora_recipes.evaluation import generation
 
+    fmt = prompt_format(recipe, tokenizer)
     if recipe.evaluation.mode == "rank":
         generation.rank(
             model,
@@ -291,9 +308,10 @@ def answer_local(
             on_batch=lambda idx, ranked: on_answers(
                 idx, [{"prediction": r.label, "log_likelihoods": list(r.log_likelihoods)} for r in ranked]
             ),
+            fmt=fmt,
         )
         return
-    stop, prefix = recipe.generation.stop, recipe.output.target_prefix
+    stop, prefix = recipe.generation.stop, fmt.target_prefix
     generation.generate(
         model,
         tokenizer,
@@ -304,6 +322,7 @@ def answer_local(
         on_batch=lambda idx, texts: on_answers(
             idx, [{"completion": t, "prediction": finish_output(t, stop, prefix)} for t in texts]
         ),
+        fmt=fmt,
     )
 
 

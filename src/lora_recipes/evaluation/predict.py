@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from lora_recipes.atomic import atomic_open
 from lora_recipes.errors import UserError
 from lora_recipes.recipe.loader import LoadedRecipe
-from lora_recipes.training.run_dir import atomic_open
 
 CHUNK_BATCHES = 8  # batches read ahead: enough to sort by length, little to hold
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lora_recipes.training.run_dir import write_bytes_atomic
+from lora_recipes.atomic import write_bytes_atomic
 
 
 def plot_losses(records: Iterable[dict[str, Any]], path: Path, title: str) -> None:

@@ -12,12 +12,18 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
+from lora_recipes.atomic import (  # noqa: F401  (re-exported: run files are written through these)
+    atomic_open,
+    replace_files_from,
+    staging_dir,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from lora_recipes.errors import UserError
 from lora_recipes.model.source import PACKAGE_PREFIX
 from lora_recipes.recipe.loader import LoadedRecipe, load_recipe
@@ -83,8 +89,27 @@ class RunLayout:
 
     @property
     def lock(self) -> Path:
-        """Held by the `train` writing the run: its PID and host."""
+        """Held by the `train` writing the run (an flock; the file names its PID and host)."""
         return self.root / ".lock"
+
+    @property
+    def marker(self) -> Path:
+        """Written first into every run directory: what makes a folder one that --overwrite may
+        empty (`check_new_run_dir`)."""
+        return self.root / ".lora-recipes-run"
+
+    def written(self) -> frozenset[str]:
+        """The names of what a run writes at the top of its directory, the marker and the lock
+        left out: every `Path` property of this class that lies directly in `root` (so a file
+        added here is known to --overwrite at once). Nothing else in a run directory is ever
+        removed by lora-recipes."""
+        names = set()
+        for attribute, value in vars(RunLayout).items():
+            if isinstance(value, property) and attribute not in ("lock", "marker"):
+                path = getattr(self, attribute)
+                if isinstance(path, Path) and path.parent == self.root:
+                    names.add(path.name)
+        return frozenset(names)
 
     @property
     def tensorboard(self) -> Path:
@@ -100,8 +125,14 @@ class CheckpointLayout:
 
     @property
     def state(self) -> Path:
-        """The training state (steps, best loss, counters); written last, it marks the folder complete."""
+        """The training state (steps, best loss, counters, the data's hashes)."""
         return self.folder / "state.json"
+
+    @property
+    def complete(self) -> Path:
+        """Written last: the size and SHA-256 of every other file, checked before a resume uses
+        the checkpoint (`checkpoint.verify_checkpoint`)."""
+        return self.folder / "complete.json"
 
     @property
     def weights(self) -> Path:
@@ -121,53 +152,6 @@ class CheckpointLayout:
         return self.folder / f"rng-{rank}.pt"
 
 
-@contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """A file to write `path` through: a temporary file in the same folder that, when the block
-    ends without error, is flushed to disk and renamed over `path`, so a reader (or a run killed
-    half-way) sees the old file or the new one, never a torn one. On error it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
-
-
-def replace_files_from(staging: Path, target: Path) -> None:
-    """Move every file of `staging` into `target`, each with an atomic rename, then remove
-    `staging`. Used for folders that are rewritten while a run goes on (the best adapter)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for item in sorted(staging.iterdir()):
-        os.replace(item, target / item.name)
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def staging_dir(parent: Path, name: str) -> Path:
-    """A fresh hidden folder inside `parent` whose contents are renamed into place when done."""
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent))
-
-
 def new_run_dir_name(name: str, output_directory: Path, now: dt.datetime | None = None) -> Path:
     """`<output_directory>/<name>-<YYYYmmdd-HHMMSS>`, with -2, -3... when that name is taken."""
     stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
@@ -179,26 +163,106 @@ def new_run_dir_name(name: str, output_directory: Path, now: dt.datetime | None 
     return candidate
 
 
-def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Refuse to start a new run in a folder that already holds something, unless asked to
-    overwrite it (which empties it; a folder in use by a live run is never emptied)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--run-dir {run_dir}: is a file, not a folder")
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        return
+def check_new_run_dir(run_dir: Path, *, overwrite: bool) -> bool:
+    """Whether a new run may start in `run_dir`, and whether the folder must first be emptied of
+    what an earlier run wrote. Nothing is removed here: `empty_run_dir` does that once every input
+    (recipe, model, data) has been checked, so a start that fails leaves the old run as it was.
+
+    A new or empty folder is fine. A run directory (it carries `RunLayout.marker`) that holds only
+    what a start that trained nothing wrote is reused as is. Any other run directory needs
+    --overwrite, and a folder without the marker is never emptied: it may be a project, a folder
+    of runs, or a run made before the marker existed."""
+    with os_errors("read", run_dir, error=UserError):
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--run-dir {run_dir}: is a file, not a folder")
+        if not run_dir.is_dir() or not any(run_dir.iterdir()):
+            return False
+        layout = RunLayout(run_dir)
+        if not layout.marker.is_file():
+            raise UserError(_not_a_run_dir(run_dir, overwrite))
+        if trained_nothing(layout):
+            return True
     if not overwrite:
         raise UserError(
-            f"--run-dir {run_dir}: the folder is not empty; continue that run with "
+            f"--run-dir {run_dir}: the folder holds a run; continue it with "
             f"`lora-recipes train --resume {run_dir}`, pass --overwrite to replace it, or choose another folder"
         )
     holder = lock_holder(run_dir)
     if holder is not None:
         raise UserError(f"{run_dir} is in use by a running `train` ({holder}); it cannot be overwritten")
-    for item in run_dir.iterdir():
-        if item.is_dir() and not item.is_symlink():
-            shutil.rmtree(item)
+    return True
+
+
+def _not_a_run_dir(run_dir: Path, overwrite: bool) -> str:
+    """Why a non-empty folder without the marker is refused, and what to do instead."""
+    runs = sorted(child.name for child in run_dir.iterdir() if RunLayout(child).marker.is_file())
+    if runs:
+        shown = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
+        return (
+            f"--run-dir {run_dir}: the folder holds {len(runs)} run director{'ies' if len(runs) > 1 else 'y'} "
+            f"({shown}); a run needs a folder of its own. Give a new folder, or one run's folder "
+            f"(--run-dir {run_dir / runs[0]}{' --overwrite' if overwrite else ''})"
+        )
+    older = " (it looks like a run from an older lora-recipes)" if RunLayout(run_dir).resolved_recipe.is_file() else ""
+    if overwrite:
+        return (
+            f"--run-dir {run_dir}: the folder is not empty and is not a lora-recipes run directory{older}: it has "
+            f"no {RunLayout(run_dir).marker.name} marker. --overwrite only empties run directories lora-recipes "
+            "made, so nothing was removed. Choose another folder, or empty this one yourself"
+        )
+    return (
+        f"--run-dir {run_dir}: the folder is not empty and is not a lora-recipes run directory{older}; "
+        "choose a new or empty folder"
+    )
+
+
+# What a run leaves while it writes: atomic writes' temporary files and staging folders
+# (`.NAME.XXXXXXXX.tmp`, `.NAME.XXXXXXXX.partial`, see lora_recipes.atomic).
+_IN_PROGRESS = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|partial)$")
+
+
+def _ours(layout: RunLayout, name: str) -> bool:
+    return name in layout.written() or bool(_IN_PROGRESS.match(name))
+
+
+def trained_nothing(layout: RunLayout) -> bool:
+    """Whether a run directory holds only what a start that failed (or was killed) before its
+    first optimizer step writes: the marker, the lock, the resolved recipe, the plan, the
+    manifest, an empty metrics.jsonl, TensorBoard's first file, files being written."""
+    allowed = {layout.resolved_recipe, layout.plan, layout.manifest, layout.metrics, layout.tensorboard}
+    allowed = {p.name for p in allowed} | {layout.marker.name, layout.lock.name}
+    for entry in layout.root.iterdir():
+        if entry.name not in allowed and not _IN_PROGRESS.match(entry.name):
+            return False
+    metrics = layout.metrics
+    return not metrics.is_file() or not metrics.read_bytes().strip()
+
+
+def empty_run_dir(run_dir: Path) -> list[str]:
+    """Remove what a run writes (`RunLayout.written`, and files being written) from a run
+    directory; the marker, the lock and anything else stay. Returns the names of what was kept
+    that lora-recipes did not write (for a message). Symbolic links are removed, never followed."""
+    layout = RunLayout(run_dir)
+    kept = []
+    for entry in sorted(run_dir.iterdir()):
+        if entry.name in (layout.marker.name, layout.lock.name):
+            continue
+        if not _ours(layout, entry.name):
+            kept.append(entry.name)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
         else:
-            item.unlink()
+            entry.unlink()
+    return kept
+
+
+def write_marker(run_dir: Path) -> None:
+    """Mark `run_dir` as a lora-recipes run directory (the first file of every run)."""
+    from lora_recipes import __version__
+
+    layout = RunLayout(run_dir)
+    if not layout.marker.is_file():
+        write_json_strict(layout.marker, {"lora_recipes": __version__, "what": "a lora-recipes training run"})
 
 
 def check_resumable(run_dir: Path) -> None:
