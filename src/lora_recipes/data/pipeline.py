@@ -5,7 +5,8 @@
     column; a split the source lacks is carved unless the recipe named it) -> row caps
     -> few-shot examples -> prompts and targets (prompts.py)
       -> `evaluation_examples`: the fixed evaluation subset, as text
-      -> `prepare_training_data`: token ids cut to the max length (tokens.py), cached (cache.py)
+      -> `prepare_training_data`: raw text or chat turns (chat.py), token ids cut to the max
+         length (tokens.py), cached (cache.py)
 
 Order matters in two places: caps take the first N rows of each finished split, in source order;
 retrieved few-shot rows are drawn (with the recipe seed) from the capped training split and then
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lora_recipes.data.approx import ApproximateTokenizer
+from lora_recipes.data.chat import PromptFormat, prompt_format
 from lora_recipes.data.columns import OPS as COLUMN_OPS
 from lora_recipes.data.columns import ColumnProblem, columns_read, has_field, spec_problem
 from lora_recipes.data.problems import did_you_mean, listing, recipe_error, recipe_location, row_error
@@ -30,6 +32,7 @@ from lora_recipes.data.prompts import PromptCompiler, UnknownLabel, target_text
 from lora_recipes.data.sources import Source, SourceSplit, load_source
 from lora_recipes.data.splits import SPLIT_NAMES, cap, carve, row_hash, split_code, split_hash
 from lora_recipes.data.tokens import (
+    Encoded,
     computed_tokens,
     cut_split,
     encode,
@@ -520,12 +523,19 @@ def build_prompter(loaded: LoadedRecipe) -> Callable[[Mapping[str, Any]], str]:
 # --- what training consumes ------------------------------------------------------------------------
 
 
-def cache_key(compiled: CompiledData, tokenizer: Any, setting: str | int) -> str:
+def cache_key(compiled: CompiledData, tokenizer: Any, setting: str | int, fmt: PromptFormat | None = None) -> str:
     """Everything the tokenized splits depend on: the pipeline version, the tokenizer, the
-    max-length setting, the splits' content hashes and every rendered prompt and answer (which
-    covers the template, few-shot examples, label mapping, target prefix and derived columns)."""
+    max-length setting, the splits' content hashes, every rendered prompt and answer (which
+    covers the template, few-shot examples, label mapping, target prefix and derived columns) and,
+    when a chat template wraps them, the template and its system message."""
     h = hashlib.sha256()
-    head = {"version": PIPELINE_VERSION, "tokenizer": tokenizer_identity(tokenizer), "max_length": setting}
+    head: dict[str, Any] = {
+        "version": PIPELINE_VERSION,
+        "tokenizer": tokenizer_identity(tokenizer),
+        "max_length": setting,
+    }
+    if fmt is not None and fmt.applied:  # raw text keeps the keys it always had
+        head["chat"] = fmt.identity()
     h.update(json.dumps(head, sort_keys=True).encode())
     for name in ("train", "validation"):
         split = compiled.splits.get(name)
@@ -547,7 +557,8 @@ def tokenize_compiled(loaded: LoadedRecipe, compiled: CompiledData, tokenizer: A
 
     recipe = loaded.recipe
     setting = recipe.preprocessing.global_max_sequence_length
-    key = cache_key(compiled, tokenizer, setting)
+    fmt = prompt_format(recipe, tokenizer)
+    key = cache_key(compiled, tokenizer, setting, fmt)
     hit = cache.load(key)
     names = [n for n in ("train", "validation") if n in compiled.splits]
     if hit is not None:
@@ -555,14 +566,11 @@ def tokenize_compiled(loaded: LoadedRecipe, compiled: CompiledData, tokenizer: A
         cache_state = "reused"
     else:
         encoded = {
-            n: encode(
-                tokenizer, compiled.splits[n].prompts, [compiled.compiler.answer(t) for t in compiled.splits[n].targets]
-            )
-            for n in names
+            n: encode_formatted(tokenizer, fmt, compiled.splits[n].prompts, compiled.splits[n].targets) for n in names
         }
         train_enc = encoded["train"]
         max_length = resolve_max_length(setting, train_enc.totals)
-        head, _ = special_tokens(tokenizer)
+        head = cut_head(tokenizer, fmt, train_enc)
         tokenized = {n: cut_split(n, encoded[n], list(range(compiled.splits[n].rows)), max_length, head) for n in names}
         meta = {
             "max_length": max_length,
@@ -582,7 +590,7 @@ def tokenize_compiled(loaded: LoadedRecipe, compiled: CompiledData, tokenizer: A
             f"every training row was dropped: no answer fits in max_length {max_length} with a prompt token to spare "
             f"(raise preprocessing.global_max_sequence_length at {recipe_location(loaded, ('preprocessing', 'global_max_sequence_length'))})"
         )
-    report = data_report(loaded, compiled, tokenized, meta, tokenizer, cache_state)
+    report = data_report(loaded, compiled, tokenized, meta, tokenizer, cache_state, fmt)
     return PreparedData(
         train=train,
         validation=tokenized.get("validation"),
@@ -592,10 +600,31 @@ def tokenize_compiled(loaded: LoadedRecipe, compiled: CompiledData, tokenizer: A
     )
 
 
+def encode_formatted(tokenizer: Any, fmt: PromptFormat, prompts: list[str], targets: list[str]) -> Encoded:
+    """Token ids of raw prompts and targets in the recipe's prompt format (raw text or chat turns)."""
+    wrapped, answers = fmt.pairs(prompts, targets)
+    return encode(tokenizer, wrapped, answers, prompt_special=fmt.prompt_special, append_eos=fmt.append_eos)
+
+
+def cut_head(tokenizer: Any, fmt: PromptFormat, encoded: Encoded) -> int:
+    """Leading prompt tokens a cut keeps: the tokenizer's BOS for raw text, the template's system
+    turn and user header for chat turns."""
+    chat_head = fmt.head_tokens(tokenizer, encoded.prompts[0]) if encoded.prompts else None
+    return chat_head if chat_head is not None else special_tokens(tokenizer)[0]
+
+
 def prepare_training_data(loaded: LoadedRecipe, tokenizer: Any) -> PreparedData:
     """Train and validation tokenized with `tokenizer` (the base model's), cut to the max length,
     cached; `report` is plan's data section."""
     return tokenize_compiled(loaded, compile_data(loaded), tokenizer)
+
+
+def first_example(compiled: CompiledData) -> tuple[str | None, str | None]:
+    """The first training row's raw prompt and target (plan shows it in the prompt format)."""
+    train = compiled.splits.get("train")
+    if train is None or not train.prompts:
+        return None, None
+    return train.prompts[0], train.targets[0]
 
 
 def data_report(
@@ -605,8 +634,10 @@ def data_report(
     meta: dict[str, Any],
     tokenizer: Any,
     cache_state: str,
+    fmt: PromptFormat | None = None,
 ) -> dict[str, Any]:
     recipe = loaded.recipe
+    fmt = fmt if fmt is not None else prompt_format(recipe, tokenizer)
     t = recipe.trainer
     approximate = isinstance(tokenizer, ApproximateTokenizer)
     splits: dict[str, Any] = {}
@@ -637,7 +668,7 @@ def data_report(
             f"{train.dropped_rows:,} training rows were dropped: their answer alone needs max_length "
             f"({meta['max_length']}) tokens or more"
         )
-    warnings += length_warnings(loaded, compiled, tokenized, int(meta["max_length"]), tokenizer)
+    warnings += length_warnings(loaded, compiled, tokenized, int(meta["max_length"]), tokenizer, fmt)
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and limit < 1_000_000 and meta["max_length"] > limit:
         warnings.append(f"max_length {meta['max_length']} exceeds the tokenizer's model_max_length {limit}")
@@ -658,6 +689,7 @@ def data_report(
             "tokenizer": tokenizer_info,
             "few_shot": compiled.few_shot,
             "cache": cache_state,
+            "prompt_format": fmt.describe(*first_example(compiled)),
         },
         "splits": splits,
         "tokens": meta["tokens"],
@@ -681,6 +713,7 @@ def length_warnings(
     tokenized: dict[str, TokenizedSplit],
     max_length: int,
     tokenizer: Any,
+    fmt: PromptFormat | None = None,
 ) -> list[str]:
     """A max length shorter than most validation rows, or than most rows of the evaluation subset:
     the cut-off was measured on a train split too small or unlike the others. Validation loss (and
@@ -717,8 +750,8 @@ def length_warnings(
     split = compiled.splits.get(evaluation)
     if evaluation not in ("train", "validation") and split is not None and split.used and split.rows:
         n = min(split.rows, recipe.data.evaluation_size)
-        answer = compiled.compiler.answer
-        encoded = encode(tokenizer, split.prompts[:n], [answer(t) for t in split.targets[:n]])
+        fmt = fmt if fmt is not None else prompt_format(recipe, tokenizer)
+        encoded = encode_formatted(tokenizer, fmt, split.prompts[:n], split.targets[:n])
         longer = sum(total > max_length for total in encoded.totals)
         if 2 * longer > n:
             warnings.append(

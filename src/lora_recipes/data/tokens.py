@@ -4,7 +4,9 @@ A row's tokens are `prompt` (tokenized as at inference, with the tokenizer's own
 such as BOS) followed by `answer` = target_prefix + target, tokenized on its own without special
 tokens, plus EOS. Tokenizing the two texts apart (as Ludwig does) keeps the boundary exact, so the
 loss mask covers precisely the prompt and the model learns the very tokens it must emit after a
-prompt tokenized alone.
+prompt tokenized alone. With a chat template (data/chat.py) the prompt is the wrapped user turn,
+tokenized without the tokenizer's own special tokens (the template writes them), and the answer
+ends with the template's end of turn.
 
 Lengths are counted on the training split: prompt (BOS included), target (prefix, target and EOS)
 and total. Percentiles are nearest-rank: pNN is the smallest length that at least NN% of the rows
@@ -124,17 +126,23 @@ def batch_encoder(tokenizer: Any, sample: list[str]) -> BatchEncoder:
     return direct if same else wrapper
 
 
-def encode(tokenizer: Any, prompts: list[str], answers: list[str]) -> Encoded:
+def encode(
+    tokenizer: Any, prompts: list[str], answers: list[str], *, prompt_special: bool = True, append_eos: bool = True
+) -> Encoded:
     """Batched tokenization of prompts (with special tokens) and answers (without, plus EOS).
-    Each distinct answer is tokenized once: category outputs have only a few."""
+    Each distinct answer is tokenized once: category outputs have only a few.
+
+    A prompt wrapped in a chat template already holds its special tokens (`prompt_special`
+    False), and an answer whose end of turn holds the EOS text needs none appended (`append_eos`
+    False); see data/chat.py."""
     if not prompts:
         return Encoded([], [])
     _, appends_eos = special_tokens(tokenizer)
     run = batch_encoder(tokenizer, prompts[:SAMPLE_ROWS] + answers[:SAMPLE_ROWS])
-    prompt_ids = run(prompts, True)
-    if appends_eos:  # the EOS belongs after the answer, not after the prompt
+    prompt_ids = run(prompts, prompt_special)
+    if appends_eos and prompt_special:  # the EOS belongs after the answer, not after the prompt
         prompt_ids = [ids[:-1] for ids in prompt_ids]
-    eos = [tokenizer.eos_token_id]
+    eos = [tokenizer.eos_token_id] if append_eos else []
     distinct = list(dict.fromkeys(answers))
     ids_of = dict(zip(distinct, run(distinct, False), strict=True))
     return Encoded(prompt_ids, [ids_of[a] + eos for a in answers])

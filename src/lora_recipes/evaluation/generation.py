@@ -2,7 +2,9 @@
 
 Prompts are sorted by length before batching, so a batch wastes little compute on padding, and put
 back in order afterwards. Both paths tokenize exactly as training does (`data.tokens.encode`): the
-prompt with the tokenizer's special tokens, the answer (target prefix + text) without, concatenated.
+prompt with the tokenizer's special tokens, the answer (target prefix + text) without, concatenated;
+with a chat template (`data.chat.PromptFormat`, passed as `fmt`) the prompt is first wrapped in the
+template's user turn and a label's tokens are its assistant turn.
 
 torch is imported inside the functions: `finish_output` is shared with the endpoint client, which
 must not pay for it.
@@ -14,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lora_recipes.data.chat import PromptFormat, raw_format
 from lora_recipes.data.tokens import encode
 from lora_recipes.recipe.types import Generation
 
@@ -32,9 +35,12 @@ def finish_output(text: str, stop: Sequence[str], target_prefix: str) -> str:
     return text[len(target_prefix) :] if target_prefix and text.startswith(target_prefix) else text
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Prompt token ids exactly as training has them (the data pipeline's own tokenization)."""
-    return encode(tokenizer, list(prompts), [""] * len(prompts)).prompts
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], fmt: PromptFormat | None = None) -> list[list[int]]:
+    """Prompt token ids exactly as training has them (the data pipeline's own tokenization), in
+    the prompt format `fmt` (raw text when None)."""
+    if fmt is None or not fmt.applied:
+        return encode(tokenizer, list(prompts), [""] * len(prompts)).prompts
+    return encode(tokenizer, fmt.prompts(prompts), [""] * len(prompts), prompt_special=False).prompts
 
 
 def encode_answers(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -83,13 +89,15 @@ def generate(
     batch_size: int,
     seed: int = 0,
     on_batch: OnBatch | None = None,
+    fmt: PromptFormat | None = None,
 ) -> list[str]:
     """Raw completions of `prompts` (special tokens dropped, not yet cut at stop strings: see
     `finish_output`). Generation of a row ends at EOS, at a stop string, or after
-    `max_new_tokens`. `on_batch(indices, completions)` is called after every batch."""
+    `max_new_tokens`. `on_batch(indices, completions)` is called after every batch. `fmt` wraps
+    the prompts in a chat template (None: raw text)."""
     import torch
 
-    encoded = encode_prompts(tokenizer, prompts)
+    encoded = encode_prompts(tokenizer, prompts, fmt)
     eos = _eos_ids(model, tokenizer)
     options: dict[str, Any] = {
         "max_new_tokens": decoding.max_new_tokens,
@@ -138,13 +146,22 @@ class Ranked:
     log_likelihoods: tuple[float, ...]
 
 
-def label_continuations(tokenizer: Any, labels: Sequence[str], target_prefix: str) -> list[list[int]]:
+def label_continuations(
+    tokenizer: Any, labels: Sequence[str], target_prefix: str, fmt: PromptFormat | None = None
+) -> list[list[int]]:
     """Token ids of target prefix + label for each label. When one label's tokens begin another's,
-    EOS is appended to all, so that the shorter label does not win by construction (a prefix is
-    always at least as likely as what extends it)."""
-    conts = encode_answers(tokenizer, [target_prefix + label for label in labels])
+    the answer's end is appended to all (EOS; with a chat template, the end of the assistant turn),
+    so that the shorter label does not win by construction (a prefix is always at least as likely
+    as what extends it)."""
+    fmt = fmt if fmt is not None else raw_format(target_prefix)
+    conts = encode_answers(tokenizer, fmt.open_answers(labels))
     ambiguous = any(a != b and b[: len(a)] == a for a in conts for b in conts)
-    return [[*c, tokenizer.eos_token_id] for c in conts] if ambiguous else conts
+    if not ambiguous:
+        return conts
+    if not fmt.applied:
+        return [[*c, tokenizer.eos_token_id] for c in conts]
+    closed = encode(tokenizer, [""] * len(labels), fmt.answers(labels), append_eos=fmt.append_eos).answers
+    return [list(c) for c in closed]
 
 
 def rank(
@@ -156,14 +173,15 @@ def rank(
     target_prefix: str,
     batch_size: int,
     on_batch: OnBatch | None = None,
+    fmt: PromptFormat | None = None,
 ) -> list[Ranked]:
     """For each prompt, the label whose answer tokens have the highest summed log-probability
     (ties go to the earlier label). `batch_size` counts prompt-label pairs per forward pass;
     `on_batch(prompt indices, Ranked results)` is called as prompts complete."""
     import torch
 
-    encoded = encode_prompts(tokenizer, prompts)
-    conts = label_continuations(tokenizer, labels, target_prefix)
+    encoded = encode_prompts(tokenizer, prompts, fmt)
+    conts = label_continuations(tokenizer, labels, target_prefix, fmt)
     pairs = [(i, j) for i in range(len(prompts)) for j in range(len(labels))]
     scores: list[list[float | None]] = [[None] * len(labels) for _ in prompts]
     results: list[Ranked | None] = [None] * len(prompts)
