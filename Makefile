@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints-cpu.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: install test test-fast test-gpu lint format demo bench acceptance docs wheel-check clean
+.PHONY: install test test-fast test-gpu gpu-check lint format demo bench acceptance docs wheel-check clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ test-fast: install
 # On a CUDA machine: 4-bit QLoRA train, validation, stop and resume on the GPU.
 test-gpu: install
 	$(BIN)/python -m pytest -q -rs -m gpu
+
+# On one CUDA GPU, under ten minutes: scripts/gpu_check.py's table (exit 1 on any failed check).
+gpu-check: install
+	$(BIN)/python scripts/gpu_check.py
 
 lint: install
 	$(BIN)/ruff check src tests scripts

@@ -15,8 +15,11 @@ about 150 tokens, cut at 600) and a short answer, like LoRA Land's classificatio
 Needs torch with CUDA, bitsandbytes with its CUDA kernels, transformers, peft and accelerate, and
 about 30 GB of free disk for the 14.5 GB model folder (--workdir, reusable: the model is built once
 and both sides train into folders they empty first). Both sides' step clocks wait for the GPU
-(torch.cuda.synchronize) before reading the time. Prints a table and writes JSON (--output; default
-bench-results/bench_gpu.json, or $OUT/bench_gpu.json when OUT is set).
+(torch.cuda.synchronize) at the end of every optimizer step before reading the time. Beside each
+side's peak memory, allocated (torch.cuda.max_memory_allocated) and reserved
+(torch.cuda.max_memory_reserved), and its tokens/s, the table shows what lora-recipes' estimate
+(planning/estimate.py) predicts for the same shape, batch and GPU. Prints a table and writes JSON
+(--output; default bench-results/bench_gpu.json, or $OUT/bench_gpu.json when OUT is set).
 """
 
 from __future__ import annotations
@@ -146,12 +149,44 @@ def measured(name: str, run: Any, warmup: int, device: str = "cuda") -> dict[str
     steps = run()
     result = summarize(steps, skip=warmup)
     result["peak_vram_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
+    result["peak_reserved_bytes"] = torch.cuda.max_memory_reserved() if cuda else None
     result["wall_seconds"] = time.perf_counter() - start
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
     print(f"{name}: done in {result['wall_seconds']:.0f} s", file=sys.stderr)
     return result
+
+
+def estimated(
+    shape: dict[str, Any], args: argparse.Namespace, device_name: str, result: dict[str, Any]
+) -> dict[str, Any]:
+    """What planning/estimate.py predicts for one side's measured run: peak memory (any GPU) and,
+    on a GPU of the price table, computed tokens/s over the timed steps (one micro-batch a step)."""
+    from lora_recipes.model.architectures import from_config, lora_trainable_params
+    from lora_recipes.planning.estimate import Method, Workload, estimate, match_gpu
+
+    arch = from_config(shape, "bench")
+    assert arch is not None
+    workload = Workload(
+        Method(bits=4, double_quant=True, gradient_checkpointing=args.gradient_checkpointing),
+        trainable_params=lora_trainable_params(arch, ("q_proj", "v_proj"), 8),
+        train_tokens=result["computed_tokens"],
+        validation_tokens=0,
+        tokens_per_batch=args.batch_size * args.max_length,
+        basis="bench_gpu synthetic rows",
+        train_micro_batches=result["timed_steps"],
+    )
+    gpu = match_gpu(device_name) if args.device == "cuda" else None
+    est = estimate(arch, workload, gpu or "A100-80GB", None)  # peak memory does not depend on the GPU
+    out: dict[str, Any] = {"gpu": gpu, "peak_memory_bytes": est.peak_memory_bytes, "tokens_per_second": None}
+    if gpu is not None:
+        out["tokens_per_second"] = est.tokens_per_second
+        measured_rate = result["computed_tokens_per_second"]
+        out["tokens_per_second_error_percent"] = round(100 * (measured_rate / est.tokens_per_second - 1), 1)
+    if result.get("peak_vram_bytes"):
+        out["peak_memory_error_percent"] = round(100 * (result["peak_vram_bytes"] / est.peak_memory_bytes - 1), 1)
+    return out
 
 
 def main() -> int:
@@ -214,21 +249,30 @@ def main() -> int:
         ),
     }
     base = results["hf-trainer"]["useful_tokens_per_second"]
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     for r in results.values():
         r["ratio_vs_hf_trainer"] = r["useful_tokens_per_second"] / base if base else None
+        r["estimate"] = estimated(shape, args, device, r)
 
-    gib = 2**30
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    def gib(value: float | None) -> str:
+        return f"{value / 2**30:>7.2f} G" if value is not None else f"{'-':>9}"
+
     width = "toy width" if args.tiny else "Mistral-7B width"
-    print(f"\nQLoRA, Mistral-7B architecture ({args.layers} layers, {width}, random weights), {device}")
     print(
-        f"{'configuration':<14} {'useful tok/s':>12} {'computed tok/s':>15} {'padding':>8} {'peak VRAM':>10} {'ratio':>6}"
+        f"\nQLoRA, Mistral-7B architecture ({args.layers} layers, {width}, random weights), batch size "
+        f"{args.batch_size}, {device}"
+    )
+    print(
+        f"{'configuration':<14} {'useful tok/s':>12} {'computed tok/s':>15} {'est. tok/s':>10} {'padding':>8} "
+        f"{'peak VRAM':>9} {'reserved':>9} {'estimate':>9} {'ratio':>6}"
     )
     for name, r in results.items():
-        vram = f"{r['peak_vram_bytes'] / gib:>8.1f} G" if r["peak_vram_bytes"] is not None else f"{'-':>10}"
+        est = r["estimate"]
+        rate = f"{est['tokens_per_second']:>10,.0f}" if est["tokens_per_second"] is not None else f"{'-':>10}"
         print(
-            f"{name:<14} {r['useful_tokens_per_second']:>12,.0f} {r['computed_tokens_per_second']:>15,.0f} "
-            f"{100 * r['padding_share']:>7.1f}% {vram} {r['ratio_vs_hf_trainer']:>5.2f}x"
+            f"{name:<14} {r['useful_tokens_per_second']:>12,.0f} {r['computed_tokens_per_second']:>15,.0f} {rate} "
+            f"{100 * r['padding_share']:>7.1f}% {gib(r['peak_vram_bytes'])} {gib(r['peak_reserved_bytes'])} "
+            f"{gib(est['peak_memory_bytes'])} {r['ratio_vs_hf_trainer']:>5.2f}x"
         )
     record = {
         "benchmark": "bench_gpu",

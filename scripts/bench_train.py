@@ -164,7 +164,9 @@ def hf_trainer(
         train_sampling_strategy="group_by_length" if grouped else "random",
         seed=recipe.seed,
         use_cpu=device == "cpu",
+        # the mixed precision lora-recipes trains in on this GPU (fp16 with loss scaling below compute capability 8.0)
         bf16=device == "cuda" and models.resolve_dtype(recipe.model_parameters.dtype, "cuda") == torch.bfloat16,
+        fp16=device == "cuda" and models.resolve_dtype(recipe.model_parameters.dtype, "cuda") == torch.float16,
         logging_steps=1,
         save_strategy="no",
         eval_strategy="no",

@@ -11,6 +11,7 @@ from lora_recipes.model.architectures import KNOWN, find_architecture, from_conf
 from lora_recipes.planning.cost import device_price
 from lora_recipes.planning.estimate import (
     GPUS,
+    MFU_BY_BITS,
     Estimate,
     Method,
     UnknownEstimate,
@@ -87,7 +88,7 @@ def workload(bits: int | None, gradient_checkpointing: bool, train_tokens: int) 
 def test_estimate_arithmetic() -> None:
     arch = KNOWN["mistral-7b"]
     est = estimate(arch, workload(bits=4, gradient_checkpointing=False, train_tokens=10**7), "A10G", None)
-    expected_seconds = 4 * arch.total_params * 10**7 / (GPUS["A10G"].peak_tflops * 1e12 * 0.20)
+    expected_seconds = 4 * arch.total_params * 10**7 / (GPUS["A10G"].peak_tflops * 1e12 * MFU_BY_BITS[4])
     assert est.hours == pytest.approx(expected_seconds / 3600)
     assert est.cost_usd == pytest.approx(est.hours * GPUS["A10G"].price_per_hour_usd)
     assert est.fits_in_memory

@@ -34,13 +34,92 @@ def resolve_device(setting: str) -> str:
     return "cpu"
 
 
-def resolve_dtype(setting: str, device: str) -> torch.dtype:
-    """auto -> bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU."""
-    if setting != "auto":
-        return DTYPES[setting]
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+Capability = tuple[int, int]  # a CUDA device's compute capability: (7, 5) is a T4, (8, 0) an A100
+BF16_CAPABILITY: Capability = (8, 0)  # Ampere and later have bfloat16 tensor cores
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a run holds and computes numbers on its device (see `resolve_precision`)."""
+
+    weights: str  # the data type the unquantized weights are loaded in: float32, bfloat16 or float16
+    compute: str  # the data type 4-bit weights are de-quantized to for each matrix multiply
+    mixed_precision: str  # accelerate's autocast: bf16, fp16 (with a GradScaler's loss scaling) or no
+    notes: tuple[str, ...] = ()  # what was changed from the recipe's settings, and why
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.weights]
+
+
+def resolve_precision(
+    dtype: str,
+    compute_dtype: str,
+    *,
+    device_type: str,
+    capability: Capability | None,
+    full: bool = False,
+    bits: int | None = 4,
+) -> Precision:
+    """The weights' data type, the 4-bit compute type and the mixed precision of a run, from the
+    recipe's `model_parameters.dtype` and `quantization.bnb_4bit_compute_dtype`, the device type and,
+    on CUDA, the device's compute capability (None: not known, taken as a current GPU).
+
+    - `auto` weights: float32 on a CPU; on CUDA bfloat16 from compute capability 8.0 (Ampere) on,
+      float16 below it (T4 7.5, V100 7.0). The capability decides, not
+      `torch.cuda.is_bf16_supported()`, which since torch 2.3 says yes below 8.0 too (it counts
+      emulation unless `including_emulation=False`), so training would run in slow emulated bf16
+      and never take the float16 + GradScaler path.
+    - On CUDA below 8.0, bfloat16 asked for (weights, or with `bits` 4 the compute type, whose
+      default is bfloat16) becomes float16, with a note.
+    - Mixed precision on CUDA follows the 16-bit type: bf16, or fp16 with loss scaling; none with
+      float32 weights, and none on a CPU.
+    - Full fine-tuning in float16: a GradScaler cannot unscale float16 gradients ("Attempting to
+      unscale FP16 gradients"), so the weights are loaded in float32 (the optimizer's master
+      copy) and the forward pass runs in float16 autocast.
+    """
+    notes: list[str] = []
+    cuda = device_type == "cuda"
+    old_gpu = cuda and capability is not None and tuple(capability) < BF16_CAPABILITY
+    where = f"this GPU (compute capability {capability[0]}.{capability[1]})" if old_gpu and capability else ""
+    weights = dtype
+    if dtype == "auto":
+        weights = ("float16" if old_gpu else "bfloat16") if cuda else "float32"
+    elif dtype == "bfloat16" and old_gpu:
+        weights = "float16"
+        notes.append(f"model_parameters.dtype: {where} has no bfloat16 tensor cores; using float16")
+    compute = compute_dtype
+    if compute_dtype == "bfloat16" and old_gpu:
+        compute = "float16"
+        if bits == 4:
+            notes.append(
+                f"quantization.bnb_4bit_compute_dtype: {where} has no bfloat16 tensor cores (bfloat16 would "
+                "be emulated); using float16"
+            )
+    mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(weights, "no") if cuda else "no"
+    if full and weights == "float16" and mixed == "fp16":
+        weights = "float32"
+        notes.append(
+            "full fine-tuning in float16: the weights are kept in float32 and the forward pass runs in float16 "
+            "autocast (loss scaling cannot unscale float16 gradients)"
+        )
+    return Precision(weights, compute, mixed, tuple(notes))
+
+
+def device_capability(device: str = "cuda") -> Capability | None:
+    """The compute capability of a CUDA device (cuda or cuda:N), None without CUDA."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return (int(major), int(minor))
+
+
+def resolve_dtype(setting: str, device: str, capability: Capability | None = None) -> torch.dtype:
+    """The weights' data type of `resolve_precision` (auto: bfloat16 on GPUs with bfloat16 tensor
+    cores, float16 on older GPUs, float32 on CPU); the capability is read from the GPU unless given."""
+    if device == "cuda" and capability is None:
+        capability = device_capability()
+    return resolve_precision(setting, "float32", device_type=device, capability=capability).dtype
 
 
 def _hub_error(what: str, location: str, exc: Exception) -> UserError:
@@ -171,21 +250,26 @@ def load_base_model(
     int8_threshold: float = 6.0,
     hub_id: str | None = None,
     device: str = "cpu",
+    full: bool = False,
 ) -> Any:
     """Load the frozen base model, quantized when `bits` is 4 or 8, on `device` (cpu, cuda or
-    cuda:N). The model carries its `BaseIdentity` (see `base_identity`; `hub_id` names the hub
-    model a GGUF or local base was made from), which `save_trained` writes into the adapter."""
+    cuda:N), in the data types `resolve_precision` gives for this device (`full`: every weight
+    will be trained). The model carries its `BaseIdentity` (see `base_identity`; `hub_id` names
+    the hub model a GGUF or local base was made from), which `save_trained` writes into the adapter."""
     from transformers import AutoModelForCausalLM
 
     location = materialize(source, revision=revision)
     device_type = device.split(":")[0]
     if bits is not None and device_type == "cpu":
         _check_bitsandbytes_cpu(bits)
+    precision = resolve_precision(
+        dtype, compute_dtype, device_type=device_type, capability=device_capability(device), full=full, bits=bits
+    )
     qconfig = quantization_config(
         bits=bits,
         quant_type=quant_type,
         double_quant=double_quant,
-        compute_dtype=compute_dtype,
+        compute_dtype=precision.compute,
         int8_threshold=int8_threshold,
     )
     try:
@@ -193,7 +277,7 @@ def load_base_model(
             location,
             revision=None if source.gguf_file else revision,
             trust_remote_code=trust_remote_code,
-            dtype=resolve_dtype(dtype, device_type),
+            dtype=precision.dtype,
             quantization_config=qconfig,
             device_map={"": device},
         )
@@ -375,10 +459,18 @@ def set_adapter_base(folder: Path, base: BaseIdentity) -> None:
     write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True))
 
 
+# bitsandbytes pages an optimizer state tensor (CUDA unified memory, moved to the CPU when the GPU
+# runs short) only when it has at least this many elements (`Optimizer8bit.get_state_buffer`:
+# `p.numel() < 1e5` gets a plain GPU tensor). LoRA r=8 on q_proj and v_proj of a 7B model has
+# tensors of 8 x 4096 = 32,768 elements at most: nothing is paged.
+PAGED_MIN_ELEMENTS = 100_000
+
+
 def build_optimizer(
     params: list[torch.nn.Parameter], *, type: str, lr: float, betas: tuple[float, ...], eps: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    """adamw, adam or sgd from torch; paged_adamw_8bit from bitsandbytes (CUDA only)."""
+    """adamw, adam or sgd from torch; paged_adamw_8bit and paged_adamw_32bit from bitsandbytes
+    (CUDA only; tensors below PAGED_MIN_ELEMENTS elements are not paged)."""
     b1, b2 = betas
     if type == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
@@ -386,13 +478,20 @@ def build_optimizer(
         return torch.optim.Adam(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
     if type == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    if type == "paged_adamw_8bit":
+    if type in ("paged_adamw_8bit", "paged_adamw_32bit"):
         if not any(p.is_cuda for p in params):
-            raise UserError("trainer.optimizer.type: paged_adamw_8bit needs a CUDA GPU (use adamw on the CPU)")
+            raise UserError(f"trainer.optimizer.type: {type} needs a CUDA GPU (use adamw on the CPU)")
         import bitsandbytes as bnb
 
-        optimizer: torch.optim.Optimizer = bnb.optim.PagedAdamW8bit(
-            params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay
-        )
+        paged = bnb.optim.PagedAdamW8bit if type == "paged_adamw_8bit" else bnb.optim.PagedAdamW32bit
+        optimizer: torch.optim.Optimizer = paged(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
         return optimizer
     raise UserError(f"trainer.optimizer.type: unknown optimizer {type!r}")
+
+
+def paged_state_share(params: list[torch.nn.Parameter]) -> float:
+    """The share of the trainable elements a bitsandbytes paged optimizer would page (those in
+    tensors of at least PAGED_MIN_ELEMENTS elements); 0.0 means paging changes nothing."""
+    total = sum(p.numel() for p in params)
+    paged = sum(p.numel() for p in params if p.numel() >= PAGED_MIN_ELEMENTS)
+    return paged / total if total else 0.0

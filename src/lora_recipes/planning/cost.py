@@ -11,6 +11,10 @@ Accounting rules (the report states them too):
   0 unless `cost.price_per_hour_usd` gives one.
 - `tokens_trained` counts real (non-padding) tokens; `tokens_per_second` = tokens_trained /
   wall_seconds.
+- Peak memory on a GPU is recorded twice: `peak_memory_bytes`, what tensors held at most
+  (torch.cuda.max_memory_allocated, what the estimate models), and `peak_memory_reserved_bytes`,
+  what the caching allocator held from the driver (torch.cuda.max_memory_reserved: what runs out
+  on a small card, fragmentation included). On a CPU: the process's peak RSS, and no reserved peak.
 """
 
 from __future__ import annotations
@@ -66,6 +70,14 @@ def device_name(device_type: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+@dataclass(frozen=True)
+class PeakMemory:
+    """A run's peak memory (see the module notes)."""
+
+    allocated: int  # CUDA: torch.cuda.max_memory_allocated; CPU: the process's peak RSS
+    reserved: int | None = None  # CUDA: torch.cuda.max_memory_reserved; None on a CPU
+
+
 def peak_memory_bytes(device_type: str) -> int:
     """CUDA: the allocator's peak; CPU: this process's peak resident set size."""
     if device_type == "cuda":
@@ -77,6 +89,19 @@ def peak_memory_bytes(device_type: str) -> int:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
+def peak_memory_reserved_bytes(device_type: str) -> int | None:
+    """CUDA: the caching allocator's peak reservation; None on a CPU."""
+    if device_type != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.max_memory_reserved())
+
+
+def peak_memory(device_type: str) -> PeakMemory:
+    return PeakMemory(peak_memory_bytes(device_type), peak_memory_reserved_bytes(device_type))
 
 
 def _error_percent(actual: float, estimated: float | None) -> float | None:
@@ -95,13 +120,14 @@ def cost_report(
     train_seconds: float,
     tokens_trained: int,
     tokens_computed: int,
-    peak_memory: int,
+    peak_memory: int | PeakMemory,
     total_params: int,
     trainable_params: int,
     steps: int,
     estimate: Estimate | UnknownEstimate | None,
 ) -> dict[str, Any]:
     gpu_hours = wall_seconds * processes / 3600
+    peak = peak_memory if isinstance(peak_memory, PeakMemory) else PeakMemory(peak_memory)
     compute_rate = tokens_computed / (train_seconds * processes) if train_seconds else 0.0
     report: dict[str, Any] = {
         "device": device_type,
@@ -120,8 +146,9 @@ def cost_report(
         "padding_share": 1 - tokens_trained / tokens_computed if tokens_computed else 0.0,
         "tokens_per_second": tokens_trained / wall_seconds if wall_seconds else 0.0,
         "computed_tokens_per_device_second_training": compute_rate,
-        "peak_memory_bytes": peak_memory,
+        "peak_memory_bytes": peak.allocated,
         "peak_memory_kind": "torch.cuda.max_memory_allocated" if device_type == "cuda" else "process peak RSS",
+        "peak_memory_reserved_bytes": peak.reserved,
         "total_params": total_params,
         "trainable_params": trainable_params,
         "estimate": None,
@@ -133,25 +160,54 @@ def cost_report(
 def estimate_beside_actual(
     report: dict[str, Any], estimate: Estimate | UnknownEstimate | None
 ) -> dict[str, Any] | None:
-    """The plan's estimate beside what the run measured (`report`), with the error of each."""
+    """The plan's estimate beside what the run measured (`report`), with the error of each, when
+    the estimate is for the device the run used; otherwise no rows, and a note that says what the
+    plan estimated for which GPU and why it is not compared (a CPU run, or a GPU the built-in
+    table does not have: training.run_plan re-estimates for every GPU it has)."""
     if estimate is None:
         return None
     if isinstance(estimate, UnknownEstimate):
         return {"gpu": estimate.gpu, "note": estimate.reason, "rows": {}}
+    planned = f"estimated for {estimate.gpu}: {_duration(estimate.hours)}, {_money(estimate.cost_usd)}"
+    if report["device"] != "cuda":
+        why = "this run was on the CPU, which the plan does not estimate, so nothing is compared"
+        return {"gpu": estimate.gpu, "note": f"{planned}; {why}", "rows": {}}
+    used = match_gpu(report["device_name"])
+    if used != estimate.gpu:
+        why = f"this run was on {report['device_name']}, which the built-in table does not have, so nothing is compared"
+        return {"gpu": estimate.gpu, "note": f"{planned}; {why}", "rows": {}}
     pairs = {
         "gpu_hours": (report["gpu_hours"], estimate.hours),
         "total_cost_usd": (report["total_cost_usd"], estimate.cost_usd),
         "tokens_per_second": (report["computed_tokens_per_device_second_training"], estimate.tokens_per_second),
         "peak_memory_bytes": (report["peak_memory_bytes"], estimate.peak_memory_bytes),
     }
-    note = f"estimated for {estimate.gpu}"
-    if report["device"] != "cuda":
-        note += "; this run was on the CPU, so the errors compare unlike machines"
+    if report.get("peak_memory_reserved_bytes") is not None:
+        pairs["peak_memory_reserved_bytes"] = (report["peak_memory_reserved_bytes"], estimate.peak_memory_bytes)
+    note = f"estimated for {estimate.gpu}, the GPU this run was on"
     rows = {
         key: {"estimate": est, "actual": actual, "error_percent": _error_percent(actual, est)}
         for key, (actual, est) in pairs.items()
     }
     return {"gpu": estimate.gpu, "note": note, "rows": rows}
+
+
+def _peak_text(report: dict[str, Any]) -> str:
+    gib = 2**30
+    allocated = f"{report['peak_memory_bytes'] / gib:.2f} GiB"
+    reserved = report.get("peak_memory_reserved_bytes")
+    if reserved is None:
+        return f"{allocated} ({report['peak_memory_kind']})"
+    return f"{allocated} allocated, {reserved / gib:.2f} GiB reserved (max_memory_allocated, max_memory_reserved)"
+
+
+def _duration(hours: float) -> str:
+    """GPU time in the largest unit that keeps it above 1 (hours, minutes, seconds)."""
+    if hours >= 1:
+        return f"{hours:,.2f} GPU-hours"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.1f} GPU-minutes"
+    return f"{hours * 3600:.1f} GPU-seconds"
 
 
 def _money(x: float) -> str:
@@ -169,7 +225,6 @@ def summary_line(report: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    gib = 2**30
     lines = [
         "# Cost report",
         "",
@@ -184,12 +239,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| tokens trained | {report['tokens_trained']:,} real, {report['tokens_computed']:,} computed "
         f"({100 * report['padding_share']:.1f}% padding) |",
         f"| tokens/s | {report['tokens_per_second']:,.1f} (real tokens over wall time) |",
-        f"| peak memory | {report['peak_memory_bytes'] / gib:.2f} GiB ({report['peak_memory_kind']}) |",
+        f"| peak memory | {_peak_text(report)} |",
         f"| parameters | {report['total_params']:,} total, {report['trainable_params']:,} trainable |",
     ]
     est = report["estimate"]
     if est is not None:
-        lines += ["", f"## Plan's estimate ({est['note']})", ""]
+        note = str(est["note"])
+        lines += ["", "## Plan's estimate", "", note[:1].upper() + note[1:] + ".", ""]
         if est["rows"]:
             lines += ["| | estimate | actual | error |", "|---|---|---|---|"]
             for key, row in est["rows"].items():
