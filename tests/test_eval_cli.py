@@ -89,6 +89,16 @@ def test_evaluate_adapter_and_base_in_one_table(trained: tuple[Path, Path]) -> N
     for line in ("| base: ", "| adapter: ", "| LoRA Land: Mistral-7B fine-tuned | 0.959", "| LoRA Land: GPT-4 | 0.942"):
         assert line in table
     assert f"| {report['scores']['adapter']['accuracy']:.3f} |" in table
+    base_row = next(line for line in table.splitlines() if line.startswith("| base: "))
+    assert "/" not in base_row.split("|")[1]  # a short label, not a local path
+
+    # The score went into the adapter's model card, where the hub reads it.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(str(run_dir / "adapter" / "README.md"))
+    (scored,) = card.data.eval_results
+    assert (scored.metric_type, scored.dataset_split) == ("accuracy", "test")
+    assert scored.metric_value == pytest.approx(report["scores"]["adapter"]["accuracy"], abs=1e-4)
 
     # Same --output again: everything is resumed, no model is even loaded.
     again = runner.invoke(

@@ -33,6 +33,7 @@ SMOKE_TESTS = {
     "bench_validate.py": ["test_bench_validate"],
     "flaky_endpoint.py": ["test_flaky_endpoint_replays_answers_and_fails_in_turn"],
     "gen_recipe_reference.py": ["test_gen_recipe_reference_writes_and_checks_both_outputs"],
+    "gpu_check.py": ["test_gpu_check_on_the_cpu_runs_every_check_but_the_cuda_ones"],
     "make_quickstart_data.py": ["test_make_quickstart_data_writes_the_shipped_files"],
 }
 
@@ -214,4 +215,46 @@ def test_bench_gpu_code_path_on_the_cpu_twice_in_one_workdir(tmp_path: Path) -> 
         record = benchmark_record(tmp_path / f"{attempt}.json")
         assert record["shape"]["hidden_size"] == 64
         assert all(r["steps"] == 2 for r in record["results"].values())
+        for r in record["results"].values():  # peaks beside the estimate; no GPU peaks on a CPU
+            assert r["peak_reserved_bytes"] is None and r["estimate"]["peak_memory_bytes"] > 0
     assert len(list(work.glob("mistral-7b-random-*"))) == 1  # built once
+    # gpu_check.py reads this JSON into its table row on a GPU; here the same function reads the CPU's.
+    line = load_script("gpu_check").describe_bench(record)
+    assert "HF + PEFT" in line and "estimate" in line
+
+
+def load_script(name: str) -> Any:
+    """A script in scripts/ as a module, without running its main()."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_gpu_check_on_the_cpu_runs_every_check_but_the_cuda_ones(tmp_path: Path) -> None:
+    """scripts/gpu_check.py, the one GPU check (`make gpu-check`), on the CPU with few steps: its
+    CUDA steps are marked skipped, every other check runs the code a GPU run runs and passes."""
+    args = ["--device", "cpu", "--steps", "4", "--stop-at", "2", "--workdir", str(tmp_path / "work")]
+    out = run_script("gpu_check.py", *args, "--json", str(tmp_path / "check.json"), tmp_path=tmp_path)
+    assert "| check | result | detail |" in out and "0 failed" in out
+    rows = {r["check"]: r for r in json.loads((tmp_path / "check.json").read_text())["rows"]}
+    status = {name: r["status"] for name, r in rows.items()}
+    assert [n for n, s in status.items() if s == "FAIL"] == []
+    skipped = {n for n, s in status.items() if s == "skipped"}
+    assert all(r["detail"].startswith("no CUDA GPU") for n, r in rows.items() if n in skipped), rows
+    assert {n.split(" (")[0].split(":")[0] for n in skipped} == {
+        "bf16 answers and precision",
+        "training with the paged optimizer",
+        "paged optimizers page tensors of >= 100,000 elements only",
+        "bench_gpu, Mistral-7B shape",
+    }
+    ran = {n for n, s in status.items() if s == "ok"}
+    assert {"train 4 steps (lora-recipes train)", "stop at step 2 and --resume: same losses",
+            "gradient norm above zero every step", "logits mask: the same loss and gradient as full logits",
+            "evaluate (generate mode): batch size 1 = batch size 16",
+            "evaluate (rank mode): batch size 1 = batch size 16"} <= ran  # fmt: skip

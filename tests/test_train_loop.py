@@ -55,8 +55,11 @@ def base_model(folder: Path) -> torch.nn.Module:
 def test_run_directory_holds_exactly_the_expected_files(standard_run: TrainResult) -> None:
     run = standard_run.run_dir
     files = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
-    checkpoint_files = {"optimizer.pt", "rng-0.pt", "scheduler.pt", "state.json", "trainable.safetensors"}
+    checkpoint_files = {"complete.json", "optimizer.pt", "rng-0.pt", "scheduler.pt", "state.json"}
+    checkpoint_files.add("trainable.safetensors")
     expected = {
+        ".lora-recipes-run",  # the marker: what --overwrite may empty
+        "adapter/README.md",  # the model card (training.model_card)
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
         "cost_report.json",
@@ -113,11 +116,11 @@ def test_cost_report_adds_up(standard_run: TrainResult) -> None:
     assert 0 < report["train_seconds"] < report["wall_seconds"]
     assert report["peak_memory_bytes"] > 50 * 2**20  # this process's RSS, at least the libraries
     assert report["trainable_params"] == 3584 and report["total_params"] > report["trainable_params"]
-    row = report["estimate"]["rows"]["gpu_hours"]
-    assert row["actual"] == report["gpu_hours"]
-    assert row["error_percent"] == pytest.approx(100 * (row["actual"] - row["estimate"]) / row["estimate"], abs=0.1)
+    # A CPU run is not compared with a GPU estimate: the note says what was estimated, no errors.
+    assert report["estimate"]["rows"] == {} and "CPU" in report["estimate"]["note"]
+    assert report["estimate"]["note"].startswith(f"estimated for {report['estimate']['gpu']}: ")
     text = (standard_run.run_dir / "cost_report.md").read_text()
-    assert f"{report['tokens_trained']:,} real" in text and "CPU" in report["estimate"]["note"]
+    assert f"{report['tokens_trained']:,} real" in text and "%" not in text.split("## Plan's estimate")[1]
 
 
 def test_seeded_runs_are_identical_and_the_seed_matters(

@@ -173,13 +173,19 @@ def validate(
 
 @app.command()
 def plan(
-    recipe: Annotated[Path, typer.Argument(help="The recipe file.", show_default=False)],
+    recipes: Annotated[
+        list[Path], typer.Argument(help="The recipe file; several make a fleet plan.", show_default=False)
+    ],
     set_: SetOption = None,
     data: DataOption = None,
     no_data: Annotated[
         bool, typer.Option("--no-data", help="Do not read data or tokenizer; plan from the recipe alone.")
     ] = False,
     format: FormatOption = Format.text,
+    data_root: Annotated[
+        Path | None,
+        typer.Option("--data-root", metavar="DIR", help="Fleet plan: each recipe's data is its folder in DIR."),
+    ] = None,
 ) -> None:
     """Compile a recipe into a training plan: resolved values, steps, time, memory and cost.
 
@@ -188,8 +194,24 @@ def plan(
     drops. When the tokenizer cannot be had (offline), token counts are approximated and the plan
     says so. --no-data plans from the recipe alone, in a fraction of a second.
 
+    Several recipes (or --data-root) give the fleet plan: one row per recipe (rows, steps,
+    GPU-hours, cost, peak memory, fits) and the totals; an invalid recipe is listed with its
+    errors and the exit code is 2.
+
     Example: lora-recipes plan recipes/glue_sst2.yaml --data ../shared/data/sst2 --format json
     """
+    if len(recipes) > 1 or data_root is not None:
+        from lora_recipes.fleet.plan import fleet_plan_command
+
+        try:
+            text, code = fleet_plan_command(
+                recipes, set_ or (), data=data, data_root=data_root, no_data=no_data, as_json=format is Format.json
+            )
+        except LoraRecipesError as exc:
+            raise fail(exc) from None
+        typer.echo(text, nl=False)
+        raise typer.Exit(code)
+    recipe = recipes[0]
     import yaml
 
     from lora_recipes.errors import UserError
@@ -269,8 +291,12 @@ def train(
         )
     except LoraRecipesError as exc:
         raise fail(exc) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted; the newest checkpoint is kept (continue with --resume RUN_DIR)", err=True)
+    except KeyboardInterrupt as exc:
+        run_dir = getattr(exc, "run_dir", None)  # training.train.Interrupted names the run it leaves
+        if run_dir is None:
+            typer.echo("interrupted before a run directory was made; nothing was saved", err=True)
+        else:
+            typer.echo(f"interrupted; the newest checkpoint is kept (continue with --resume {run_dir})", err=True)
         raise typer.Exit(130) from None
     if not result.main_process:  # data parallel: the main process speaks for the run
         raise typer.Exit(130 if result.interrupted else 0)
@@ -548,6 +574,7 @@ def export(
 
         from lora_recipes.model import loading as models
         from lora_recipes.model.source import load_options, recipe_model_source
+        from lora_recipes.training import model_card
 
         on = device if device is not None and device.startswith("cuda:") else None
         on = on or models.resolve_device(device or recipe.trainer.device)
@@ -569,10 +596,243 @@ def export(
             name=loaded.name,
             run=layout.root.resolve().name,
             say=lambda line: typer.echo(line, err=True),
+            card=lambda info: model_card.export_card(layout.root, info),
         )
     except LoraRecipesError as exc:
         raise fail(exc) from None
     typer.echo(f"merged model: {merged} ({chosen}, base {info.base.id})")
+
+
+class FleetBackend(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+@app.command()
+def fleet(
+    recipes: Annotated[
+        list[str],
+        typer.Argument(help="Recipe files; or `status DIR` for a fleet's state.", show_default=False),
+    ],
+    runs: Annotated[
+        Path | None,
+        typer.Option("--runs", metavar="DIR", help="The fleet folder: DIR/<name> per recipe, fleet.json, leaderboard."),
+    ] = None,
+    set_: SetOption = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option("--data", metavar="NAME=PATH", help="This recipe's data (repeatable), instead of its own."),
+    ] = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-root",
+            metavar="DIR",
+            help="Each recipe's data is its folder in DIR (DIR/<name>, DIR/<config>, ...).",
+        ),
+    ] = None,
+    data_map: Annotated[
+        Path | None,
+        typer.Option("--data-map", metavar="FILE", help="A YAML mapping of recipe names to data paths."),
+    ] = None,
+    base: Annotated[bool, typer.Option("--base", help="Also score each recipe's base model.")] = False,
+    backend: Annotated[
+        FleetBackend, typer.Option("--backend", help="local: this machine; ray: a Ray cluster or a local instance.")
+    ] = FleetBackend.local,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            "--parallel", min=1, metavar="N", help="Jobs at once (default: one per GPU; 1 on a CPU; Ray: no cap)."
+        ),
+    ] = None,
+    cpus_per_job: Annotated[
+        int | None,
+        typer.Option(
+            "--cpus-per-job", min=1, metavar="N", help="CPU threads per job (Ray: the CPUs each task asks for)."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", metavar="ADDR", help="The Ray cluster (default $RAY_ADDRESS, else a local one)."),
+    ] = None,
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", min=1, metavar="N", help="Tries per recipe before it is reported failed.")
+    ] = 3,
+    format: FormatOption = Format.text,
+) -> None:
+    """Train and score many recipes at once, then write the leaderboard.
+
+    Each recipe is a job: `train` into DIR/<name>, then `evaluate` into DIR/<name>/eval, each in a
+    child process (its output in DIR/<name>/fleet.log). Running the same command again skips
+    finished runs, resumes interrupted ones from their checkpoints and retries failed ones (up to
+    --max-attempts; a mistake in a recipe or its data is not retried). One recipe's failure never
+    stops the others. Ctrl-C or SIGTERM checkpoints every running job and exits 130.
+    `lora-recipes fleet status DIR` shows the state (DIR/fleet.json). Exit code 0 when every
+    recipe finished, 1 when one failed, 2 when one is invalid.
+
+    Example: lora-recipes fleet recipes/glue_*.yaml --runs runs/glue --data-root ../shared/data --base
+    """
+    from lora_recipes.errors import UserError
+
+    if recipes[0] == "status" and not Path("status").is_file():
+        from lora_recipes.fleet.status import load_state, render_status
+
+        if len(recipes) != 2:
+            raise fail(UserError("usage: lora-recipes fleet status DIR"))
+        folder = Path(recipes[1])
+        try:
+            state = load_state(folder)
+        except LoraRecipesError as exc:
+            raise fail(exc) from None
+        if format is Format.json:
+            typer.echo(json.dumps(state.to_json(), indent=2))
+        else:
+            typer.echo(render_status(state, folder), nl=False)
+        return
+    from lora_recipes.fleet.driver import FleetOptions, run_fleet
+    from lora_recipes.fleet.recipes import DataOptions
+
+    try:
+        if runs is None:
+            raise UserError(
+                "give the fleet folder: --runs DIR (run directories, fleet.json and the leaderboard go there)"
+            )
+        options = FleetOptions(
+            runs=runs,
+            overrides=tuple(set_ or ()),
+            data=DataOptions(tuple(data or ()), data_map, data_root),
+            base=base,
+            backend=backend.value,
+            parallel=parallel,
+            ray_address=ray_address,
+            max_attempts=max_attempts,
+            cpus_per_job=cpus_per_job,
+        )
+        code = run_fleet([Path(r) for r in recipes], options, command=tuple(sys.argv))
+    except LoraRecipesError as exc:
+        raise fail(exc) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def leaderboard(
+    runs: Annotated[Path, typer.Argument(metavar="DIR", help="A fleet folder (fleet --runs DIR).", show_default=False)],
+    format: FormatOption = Format.text,
+) -> None:
+    """Write and print a fleet's leaderboard: tasks by systems (base, adapter, endpoints, LoRA
+    Land's Mistral-7B fine-tuned, GPT-4 and GPT-3.5), the mean over tasks, per adapter its cost,
+    GPU-hours, tokens and training time, and the commands that serve every adapter from one GPU.
+
+    Writes DIR/leaderboard.md, .json, .png and .html (one self-contained page with a sortable
+    table). Missing values are shown as such (a fleet still running, or a failed recipe).
+
+    Example: lora-recipes leaderboard runs/glue
+    """
+    from lora_recipes.errors import UserError
+    from lora_recipes.fleet.leaderboard import collect, render_markdown, write_leaderboard
+
+    try:
+        if not runs.is_dir():
+            raise UserError(f"{runs}: no such folder")
+        written = write_leaderboard(runs)
+    except LoraRecipesError as exc:
+        raise fail(exc) from None
+    if format is Format.json:
+        typer.echo(json.dumps(collect(runs), indent=2))
+    else:
+        typer.echo(render_markdown(collect(runs)), nl=False)
+        typer.echo(f"\nwrote {', '.join(str(p) for p in written)}")
+
+
+# --- import: other tools' configs as recipes -------------------------------------------------
+
+import_app = typer.Typer(
+    name="import",
+    help="Turn a Ludwig or Axolotl fine-tuning config into a recipe.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(import_app, name="import")
+
+ImportConfig = Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="The config to import.", show_default=False)]
+ImportOutput = Annotated[
+    Path | None,
+    typer.Option("-o", "--output", metavar="RECIPE.yaml", help="Write the recipe here (default: standard output)."),
+]
+ImportMinimal = Annotated[
+    bool, typer.Option("--minimal", help="Leave out values equal to the recipe defaults (shown by plan).")
+]
+ImportForce = Annotated[bool, typer.Option("--force", help="Replace an existing -o file.")]
+ImportDataset = Annotated[
+    str | None,
+    typer.Option("--dataset", metavar="PATH_OR_ID", help="The recipe's data.dataset, when the config names none."),
+]
+
+
+def _import_command(
+    tool: str, config: Path, output: Path | None, minimal: bool, force: bool, dataset: str | None
+) -> None:
+    from lora_recipes.importers import import_config
+
+    try:
+        result = import_config(tool, config, output=output, minimal=minimal, force=force, dataset=dataset)
+    except LoraRecipesError as exc:
+        raise fail(exc) from None
+    for notice in result.notices:
+        typer.echo(str(notice), err=True)
+    warnings = sum(n.severity == "warning" for n in result.notices)
+    notes = len(result.notices) - warnings
+    summary = (
+        f"{result.carried} settings carried, {result.uncarried} not carried; "
+        f"{warnings} warning{'s' if warnings != 1 else ''}, {notes} note{'s' if notes != 1 else ''}"
+    )
+    if output is None:
+        typer.echo(result.text, nl=False)
+        typer.echo(summary, err=True)
+    else:
+        typer.echo(f"wrote {output} ({summary})", err=True)
+
+
+@import_app.command("ludwig")
+def import_ludwig(
+    config: ImportConfig,
+    output: ImportOutput = None,
+    minimal: ImportMinimal = False,
+    force: ImportForce = False,
+    dataset: ImportDataset = None,
+) -> None:
+    """Import a Ludwig LLM config (model_type: llm; LoRA Land's format) as a recipe.
+
+    Every setting with an equivalent is carried, and Ludwig's defaults where they differ from the
+    recipe's are written out, so the recipe trains what Ludwig would have. A setting without an
+    equivalent is printed as a warning with its line and kept as a comment in the recipe. Exit
+    code 2, with the line, for a config that cannot become a recipe.
+
+    Example: lora-recipes import ludwig sst2.yaml -o recipes/sst2.yaml --dataset nyu-mll/glue
+    """
+    _import_command("ludwig", config, output, minimal, force, dataset)
+
+
+@import_app.command("axolotl")
+def import_axolotl(
+    config: ImportConfig,
+    output: ImportOutput = None,
+    minimal: ImportMinimal = False,
+    force: ImportForce = False,
+    dataset: ImportDataset = None,
+) -> None:
+    """Import an Axolotl LoRA/QLoRA config (one dataset: alpaca, input_output or a type: mapping).
+
+    Every setting with an equivalent is carried, and Axolotl's defaults where they differ from the
+    recipe's are written out. A setting without an equivalent is printed as a warning with its
+    line and kept as a comment in the recipe. Exit code 2, with the line, for a config that cannot
+    become a recipe (chat datasets, several datasets, completion data).
+
+    Example: lora-recipes import axolotl examples/mistral/qlora.yml -o recipes/alpaca.yaml
+    """
+    _import_command("axolotl", config, output, minimal, force, dataset)
 
 
 def run() -> None:

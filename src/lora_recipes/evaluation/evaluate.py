@@ -43,6 +43,7 @@ from lora_recipes.evaluation.reference import reference_scores
 from lora_recipes.evaluation.table import render_table
 from lora_recipes.recipe.loader import LoadedRecipe
 from lora_recipes.recipe.types import Recipe
+from lora_recipes.training import model_card
 from lora_recipes.training.run_dir import RunLayout
 
 EVAL_FILE = "eval.json"
@@ -122,7 +123,8 @@ def plan_systems(
         systems.append(System("base", "base", base_model))
     if adapter is not None:
         adapter_dir, _ = find_adapter(adapter)
-        systems.append(System("adapter", "adapter", str(adapter_dir), adapter_dir=adapter_dir))
+        label = f"{adapter_dir.parent.name}/{adapter_dir.name}" if adapter_dir.parent.name else str(adapter_dir)
+        systems.append(System("adapter", "adapter", label, adapter_dir=adapter_dir))
     for url, _ in endpoints:
         check_endpoint_url(url)
     taken = {s.slug for s in systems}  # names must differ as file names too
@@ -545,6 +547,9 @@ def evaluate(
         }
     write_json_atomic(output_dir / EVAL_FILE, result)
     write_text_atomic(output_dir / TABLE_FILE, render_table(result))
+    for system in systems:  # the scores go into the scored adapter's model card
+        if system.adapter_dir is not None:
+            model_card.add_evaluation(system.adapter_dir, result, recipe, system=system.name)
     return result
 
 
@@ -636,7 +641,7 @@ def evaluate_recipe(
         endpoints=list(zip(endpoints, models, strict=True)),
         chat=chat,
         api_key_envs=api_key_envs,
-        base_model=loaded.recipe.base_model,
+        base_model=model_card.base_label(loaded.recipe),
     )
     output_dir: Path | None = None
     try:

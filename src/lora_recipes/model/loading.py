@@ -18,7 +18,10 @@ import torch
 from lora_recipes.atomic import staging_dir, widen_to_umask, write_text_atomic
 from lora_recipes.errors import RuntimeFailure, UserError
 from lora_recipes.model.source import BaseIdentity, ModelSource, describe_base
+from lora_recipes.notices import quiet_known_notices
 from lora_recipes.paths import cache_root
+
+quiet_known_notices()  # before bitsandbytes is first imported (inside the functions below)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

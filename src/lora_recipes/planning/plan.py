@@ -35,9 +35,18 @@ from lora_recipes.planning.sections import (
     Training,
 )
 from lora_recipes.recipe.loader import LoadedRecipe
-from lora_recipes.recipe.types import Trainer
+from lora_recipes.recipe.types import Data, Trainer
 
-__all__ = ["Counts", "Plan", "Steps", "build_plan", "estimate_on", "optimizer_steps", "trainer_steps"]
+__all__ = [
+    "Counts",
+    "Plan",
+    "Steps",
+    "bound_validation",
+    "build_plan",
+    "estimate_on",
+    "optimizer_steps",
+    "trainer_steps",
+]
 
 EXPECTED_BASIS = "recipe expectations (data.expected_rows, data.expected_tokens); every row assumed at that length"
 
@@ -115,13 +124,16 @@ def build_plan(
     data has) gives no data section and no counts."""
     recipe, t, adapter = loaded.recipe, loaded.recipe.trainer, loaded.recipe.adapter
     report = data if data is not None and "splits" in data else None
+    expected_train, expected_validation = expected_rows_after_carving(recipe.data)
     expected = expected_counts(
-        recipe.data.expected_rows.train,
-        recipe.data.expected_rows.validation,
+        expected_train,
+        expected_validation,
         recipe.preprocessing.global_max_sequence_length,
         recipe.data.expected_tokens,
     )
     counts = plan_counts(measured, report, t.batch_size, expected)
+    split_validation_rows = report_counts(report).validation_rows if report is not None else counts.validation_rows
+    counts = bound_validation(counts, t.validation_max_rows)
     arch = resolve_architecture(loaded)
     rows_known = counts.train_rows is not None or t.train_steps is not None
     steps = trainer_steps(t, train_rows=counts.train_rows or 0, processes=processes) if rows_known else None
@@ -132,6 +144,8 @@ def build_plan(
         effective_batch_size=t.batch_size * t.gradient_accumulation_steps * processes,
         max_length=counts.max_length,
         steps=steps,
+        validation_rows=counts.validation_rows,
+        validation_split_rows=split_validation_rows,
     )
     q = recipe.quantization
     method = Method(q.bits, q.bnb_4bit_use_double_quant, t.enable_gradient_checkpointing)
@@ -155,6 +169,23 @@ def estimate_on(plan: Plan, gpu: str, price_override: float | None) -> Estimate 
 
 
 # --- counts --------------------------------------------------------------------------------------
+
+
+def expected_rows_after_carving(data: Data) -> tuple[int | None, int | None]:
+    """The training and validation rows `data.expected_rows` implies: a split the recipe says the
+    source lacks (`data.splits.validation` or `test` null) and does not count is carved from train
+    by row hash (`data.split.*_fraction` of the source's train rows)."""
+    train, validation = data.expected_rows.train, data.expected_rows.validation
+    if train is None or data.split.type != "hash":
+        return train, validation
+    carved_validation = 0
+    if validation is None and data.splits.validation is None:
+        carved_validation = round(train * data.split.validation_fraction)
+        validation = carved_validation or None
+    carved_test = 0
+    if data.expected_rows.test is None and data.splits.test is None:
+        carved_test = round(train * data.split.test_fraction)
+    return train - carved_validation - carved_test, validation
 
 
 def expected_counts(
@@ -193,6 +224,17 @@ def plan_counts(measured: Counts | None, report: Mapping[str, Any] | None, batch
             approximate = report["data"]["tokenizer"]["approximate"]
             counts = replace(counts, basis=measured_basis(counts.train_rows, batch_size, approximate))
     return counts.or_else(expected)
+
+
+def bound_validation(counts: Counts, max_rows: int | None) -> Counts:
+    """The validation rows each validation scores under `trainer.validation_max_rows`, with the
+    validation tokens scaled to them (train's measured counts are bounded already: unchanged)."""
+    rows = counts.validation_rows
+    if max_rows is None or rows is None or rows <= max_rows:
+        return counts
+    tokens = counts.validation_tokens
+    scaled = None if tokens is None else round(tokens * max_rows / rows)
+    return replace(counts, validation_rows=max_rows, validation_tokens=scaled)
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -245,8 +287,17 @@ def plan_workload(training: Training, counts: Counts, method: Method, batch_size
     per_validation = counts.validation_tokens
     if per_validation is None:
         per_validation = (counts.validation_rows or 0) * length
+    # Forward passes, for the estimate's per-micro-batch cost (validation batches taken at batch_size).
+    validation_batches = math.ceil((counts.validation_rows or 0) / batch_size) * steps.validations
     return Workload(
-        method, trainable, train_tokens, per_validation * steps.validations, batch_size * length, counts.basis
+        method,
+        trainable,
+        train_tokens,
+        per_validation * steps.validations,
+        batch_size * length,
+        counts.basis,
+        train_micro_batches=math.ceil(examples / batch_size),
+        validation_micro_batches=validation_batches,
     )
 
 

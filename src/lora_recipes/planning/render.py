@@ -46,6 +46,10 @@ def render_training(training: Training) -> list[str]:
         )
     else:
         lines.append("steps               unknown (needs the number of training rows)")
+    used, split = training.validation_rows, training.validation_split_rows
+    if used:
+        of = f" of {split:,} (trainer.validation_max_rows)" if split is not None and split > used else ""
+        lines.append(f"validation rows     {used:,}{of} per validation")
     return lines
 
 

@@ -56,6 +56,8 @@ class Training:
     effective_batch_size: int  # rows per optimizer step, over every process
     max_length: int | None
     steps: Steps | None  # None: the number of training rows is unknown
+    validation_rows: int | None = None  # rows each validation scores (trainer.validation_max_rows applied)
+    validation_split_rows: int | None = None  # rows of the validation split
 
 
 # --- the data section: what the data pipeline measured (`data.pipeline.data_report`) ---------------
@@ -267,6 +269,8 @@ class Plan:
             "lora_trainable_params": t.trainable_params,
             "max_length": t.max_length,
             "steps": t.steps.to_json() if t.steps else None,
+            "validation_rows": t.validation_rows,
+            "validation_split_rows": t.validation_split_rows,
             "estimate": self.estimate.to_json(),
             "warnings": list(self.warnings),
         }

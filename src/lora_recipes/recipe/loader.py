@@ -20,7 +20,7 @@ from typing import Any
 
 from lora_recipes.errors import Issue, Location, Notice, RecipeInvalid, UserError
 from lora_recipes.recipe.checks import schema_issues, unusable_numbers
-from lora_recipes.recipe.rules import rule_issues, serving_notices
+from lora_recipes.recipe.rules import CHAT_TEMPLATE_WORDS, rule_issues, serving_notices
 from lora_recipes.recipe.schema import fill_defaults
 from lora_recipes.recipe.types import Recipe, build
 from lora_recipes.recipe.yamlio import Document, KeyPath, dotted, parse_yaml
@@ -243,6 +243,24 @@ def _expand_home(resolved: dict[str, Any]) -> None:
             node[path[-1]] = os.path.expanduser(node[path[-1]])
 
 
+def _anchor_chat_template(resolved: dict[str, Any], path: Path, origins: Origins) -> None:
+    """A chat template file (`prompt.chat_template` other than auto, none or tokenizer) becomes an
+    absolute path: relative to the recipe, or to the current directory when it came from `--set`.
+    Evaluation and `recipe.resolved.yaml` in a run directory then find it wherever they run."""
+    prompt = resolved.get("prompt")
+    if not isinstance(prompt, dict):
+        return
+    value = prompt.get("chat_template")
+    if not isinstance(value, str) or value in CHAT_TEMPLATE_WORDS:
+        return
+    file = Path(os.path.expanduser(value))
+    if not file.is_absolute():
+        key = ("prompt", "chat_template")
+        from_command_line = any(key[:end] in origins.overridden for end in (1, 2))
+        file = file if from_command_line else path.parent / file
+    prompt["chat_template"] = str(file.absolute())
+
+
 def load_recipe(
     path: str | Path,
     overrides: Sequence[str] = (),
@@ -311,6 +329,7 @@ def load_recipe(
         raise RecipeInvalid(issues)
     resolved = fill_defaults(data)
     _expand_home(resolved)
+    _anchor_chat_template(resolved, path, origins)
     return LoadedRecipe(
         path=path,
         recipe=build(Recipe, resolved),

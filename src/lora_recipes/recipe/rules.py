@@ -229,6 +229,39 @@ def examples_or_retrieval(data: dict[str, Any]) -> Iterator[Violation]:
         )
 
 
+# The words `prompt.chat_template` takes besides a template file, and the endings a file must have.
+CHAT_TEMPLATE_WORDS = ("auto", "none", "tokenizer")
+CHAT_TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2")
+
+
+@rule
+def chat_template_is_known(data: dict[str, Any]) -> Iterator[Violation]:
+    """A `prompt.chat_template` that is neither auto, none, tokenizer nor a Jinja file name: a
+    misspelt word would otherwise be looked for as a file only when the data is tokenized."""
+    value = _get(data, ("prompt", "chat_template"), str)
+    if value is None or value in CHAT_TEMPLATE_WORDS or value.endswith(CHAT_TEMPLATE_SUFFIXES):
+        return
+    hint = did_you_mean(value, list(CHAT_TEMPLATE_WORDS)) or (
+        "use auto, none, tokenizer, or a template file ending in " + ", ".join(CHAT_TEMPLATE_SUFFIXES)
+    )
+    yield Violation(
+        ("prompt", "chat_template"), f"{value!r} is neither auto, none, tokenizer nor a .jinja file", hint
+    )
+
+
+@rule
+def system_needs_chat_template(data: dict[str, Any]) -> Iterator[Violation]:
+    """`prompt.system` with `prompt.chat_template: none`: the system message is a turn of a chat
+    template, so raw text has nowhere to put it (write it into the template instead)."""
+    system = _get(data, ("prompt", "system"), str)
+    if system is not None and _get(data, ("prompt", "chat_template"), str) == "none":
+        yield Violation(
+            ("prompt", "system"),
+            "a system message needs a chat template (prompt.chat_template is none)",
+            "set prompt.chat_template: auto (or tokenizer), or write the text into prompt.template",
+        )
+
+
 # --- data ----------------------------------------------------------------------------------------
 
 
@@ -279,11 +312,11 @@ def label_metric_needs_category_output(data: dict[str, Any]) -> Iterator[Violati
 
 @rule
 def paged_optimizer_needs_cuda(data: dict[str, Any]) -> Iterator[Violation]:
-    """`paged_adamw_8bit` with `trainer.device: cpu`: the bitsandbytes paged optimizer runs on CUDA
-    only, so training would fail at its first step instead of now."""
+    """`paged_adamw_8bit` or `paged_adamw_32bit` with `trainer.device: cpu`: the bitsandbytes paged
+    optimizers run on CUDA only, so training would fail at its first step instead of now."""
     optimizer = _get(data, ("trainer", "optimizer", "type"), str)
-    if optimizer == "paged_adamw_8bit" and _get(data, ("trainer", "device"), str) == "cpu":
-        yield Violation(("trainer", "optimizer", "type"), "paged_adamw_8bit needs a CUDA GPU", "use adamw on the CPU")
+    if optimizer in ("paged_adamw_8bit", "paged_adamw_32bit") and _get(data, ("trainer", "device"), str) == "cpu":
+        yield Violation(("trainer", "optimizer", "type"), f"{optimizer} needs a CUDA GPU", "use adamw on the CPU")
 
 
 # --- serving: what vLLM and LoRAX accept (recipe/serving.py) ---------------------------------------

@@ -56,6 +56,8 @@ class Prompt:
     examples: tuple[Mapping[str, Any], ...]
     retrieval: Retrieval
     example_separator: str
+    chat_template: str
+    system: str | None
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class Trainer:
     max_train_steps: int
     batch_size: int
     eval_batch_size: int | None
+    validation_max_rows: int | None
     gradient_accumulation_steps: int
     learning_rate: float
     learning_rate_scheduler: LearningRateScheduler
@@ -162,6 +165,14 @@ class Trainer:
     enable_gradient_checkpointing: bool
     device: str
     report_to: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Tracking:
+    project: str
+    run_name: str | None
+    uri: str | None
+    artifacts: bool
 
 
 @dataclass(frozen=True)
@@ -205,6 +216,7 @@ class Recipe:
     version: int
     name: str | None
     description: str | None
+    license: str | None
     seed: int
     base_model: str
     model_parameters: ModelParameters
@@ -215,6 +227,7 @@ class Recipe:
     data: Data
     preprocessing: Preprocessing
     trainer: Trainer
+    tracking: Tracking
     generation: Generation
     evaluation: Evaluation
     serving: Serving

@@ -6,6 +6,8 @@ validation split and decides best and early stop; `batching.py` groups rows by l
 micro-batches; `checkpoint.py` writes and reads resumable state (`TrainingState`); `run_dir.py`
 owns the run directory (`RunLayout`: every file name; the lock; the overwrite rules);
 `run_plan.py` is where training meets planning/ (the plan, the price, the cost report);
-`metrics_log.py` writes metrics.jsonl and the progress line; `plots.py` draws loss.png;
-`manifest.py` records what produced the run.
+`metrics_log.py` writes metrics.jsonl and the progress line; `tracking.py` sends the run to
+TensorBoard, W&B and MLflow (`trainer.report_to`); `plots.py` draws loss.png; `manifest.py`
+records what produced the run; `model_card.py` writes the result's model card (README.md) and adds
+evaluations to it.
 """

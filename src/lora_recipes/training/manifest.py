@@ -27,24 +27,35 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_state(folder: Path) -> dict[str, Any] | None:
-    """The commit checked out in `folder` (the current directory) and whether files differ from
-    it, or None outside a git work tree (or without git)."""
+def _git(folder: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=folder, capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()
+
+
+def git_state(folder: Path, recipe: Path | None = None) -> dict[str, Any] | None:
+    """The commit checked out in the git work tree that holds `folder` (the recipe's folder) and
+    whether tracked files differ from it; with `recipe`, also the recipe's path in the repository
+    and its own state (unchanged, modified or untracked). None outside a git work tree (or
+    without git)."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
+        commit = _git(folder, "rev-parse", "HEAD")
+        status = _git(folder, "status", "--porcelain", "--untracked-files=no")
+        state: dict[str, Any] = {"commit": commit, "dirty": bool(status)}
+        if recipe is not None and recipe.is_file():
+            name = recipe.name
+            inside = _git(folder, "ls-files", "--full-name", "--", name)
+            changed = _git(folder, "status", "--porcelain", "--", name)
+            if inside:
+                state["recipe"] = inside.splitlines()[0]
+                state["recipe_state"] = "modified" if changed else "unchanged"
+            else:
+                prefix = _git(folder, "rev-parse", "--show-prefix")
+                state["recipe"] = f"{prefix}{name}"
+                state["recipe_state"] = "untracked"
     except (OSError, subprocess.SubprocessError):
         return None
-    return {"commit": commit, "dirty": bool(status.strip())}
+    return state
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ class Origin:
     base_model: str  # as the recipe names it
     model_location: str  # where it was loaded from
     command_line: tuple[str, ...]
+    recipe_path: Path | None = None  # the recipe file: its git repository is recorded (not the current directory's)
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,9 @@ def build_manifest(origin: Origin, device: Device) -> dict[str, Any]:
         "data_hashes": origin.split_hashes,
         "base_model": {"recipe": origin.base_model, "loaded_from": origin.model_location},
         "libraries": library_versions(),
-        "git": git_state(Path.cwd()),
+        "git": git_state(origin.recipe_path.resolve().parent, origin.recipe_path.resolve())
+        if origin.recipe_path is not None
+        else git_state(Path.cwd()),
         "host": {"name": socket.gethostname(), "platform": platform.platform(), "python": sys.executable},
         "device": {"type": device.type, "name": device.name, "processes": device.processes},
         "sessions": [],

@@ -65,16 +65,19 @@ def plan_run(loaded: LoadedRecipe, data_report: dict[str, Any], measured: Measur
     return RunPlan(plan.to_json(), plan.warnings, estimate, device, price)
 
 
-def peak_memory(accelerator: Accelerator, device_type: str) -> int:
-    """The largest peak memory of any process (see planning.cost.peak_memory_bytes)."""
+def peak_memory(accelerator: Accelerator, device_type: str) -> cost.PeakMemory:
+    """The largest peak memory of any process, allocated and (on GPUs) reserved (see
+    planning.cost.PeakMemory)."""
     import torch
 
-    mine = torch.tensor([cost.peak_memory_bytes(device_type)], device=accelerator.device)
-    return int(accelerator.gather(mine).max().item())
+    here = cost.peak_memory(device_type)
+    mine = torch.tensor([[here.allocated, here.reserved or 0]], dtype=torch.int64, device=accelerator.device)
+    allocated, reserved = (int(x) for x in accelerator.gather(mine).max(dim=0).values.tolist())
+    return cost.PeakMemory(allocated, reserved if here.reserved is not None else None)
 
 
 def cost_report(
-    plan: RunPlan, state: TrainingState, summary: ModelSummary, peak: int, adapter_step: int | None
+    plan: RunPlan, state: TrainingState, summary: ModelSummary, peak: cost.PeakMemory, adapter_step: int | None
 ) -> dict[str, Any]:
     """What the run cost (cost_report.json), beside the plan's estimate, and which step's adapter
     it kept."""

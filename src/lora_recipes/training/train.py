@@ -28,11 +28,13 @@ gradients are averaged, so N processes train what one process would with N x the
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import math
+import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
@@ -44,7 +46,7 @@ from lora_recipes.model.source import ModelSource, load_options, recipe_model_so
 from lora_recipes.planning.plan import Steps, resolve_architecture, trainer_steps
 from lora_recipes.recipe.loader import LoadedRecipe
 from lora_recipes.recipe.types import Recipe, Trainer
-from lora_recipes.training import batching, checkpoint, manifest, plots
+from lora_recipes.training import batching, checkpoint, manifest, model_card, plots
 from lora_recipes.training import run_dir as rundir
 from lora_recipes.training.checkpoint import TrainingState
 from lora_recipes.training.metrics_log import MetricsLog, ProgressLine, read_metrics
@@ -58,7 +60,8 @@ from lora_recipes.training.step import (
     sum_over_processes,
     train_step,
 )
-from lora_recipes.training.validation import ValidationData, judge, validation_loss
+from lora_recipes.training.tracking import Status
+from lora_recipes.training.validation import ValidationData, bounded_split, judge, validation_loss
 
 if TYPE_CHECKING:
     import torch
@@ -148,9 +151,15 @@ class Logs:
     metrics: MetricsLog
     progress_line: ProgressLine
 
-    def close(self) -> None:
+    def close(self, status: Status = "killed") -> None:
+        """The progress line ends; metrics.jsonl closes and the tracking runs still open end with
+        `status` (a finished run's trackers ended in `_finish`)."""
         self.progress_line.close()
-        self.metrics.close()
+        self.metrics.close(status)
+
+    def exit(self, kind: Any, exc: BaseException | None, traceback: Any) -> None:
+        """`close` when the run's ExitStack unwinds: failed on an error, killed otherwise."""
+        self.close("failed" if exc is not None and not isinstance(exc, KeyboardInterrupt) else "killed")
 
 
 @dataclass(frozen=True)
@@ -191,50 +200,92 @@ def train(loaded: LoadedRecipe, options: TrainOptions, *, build_data: DataBuilde
     """Train `loaded` (see the module notes). `build_data` replaces the data pipeline (tests)."""
     started = time.monotonic()
     recipe, t = loaded.recipe, loaded.recipe.trainer
-    accelerator, device_type = _start_accelerator(t.device, recipe.model_parameters.dtype)
+    accelerator, device_type, precision = _start_accelerator(recipe)
     say = _Say(accelerator.is_main_process, options.stream or sys.stderr)
+    for note in precision.notes:
+        say(f"note: {note}")
     source = recipe_model_source(loaded)
     _check_cpu_is_enough(loaded, device_type, t.device)
 
-    with contextlib.ExitStack() as hold:
-        run_dir = _agree(accelerator, lambda: _open_run_dir(loaded, options, hold))
-        session = Session(accelerator, device_type, RunLayout(run_dir), say, loaded.name)
-        model = _set_up_model(loaded, source, session)
-        prepare = build_data or _pipeline
-        data = _set_up_data(
-            session, lambda: prepare(loaded, model.tokenizer), t, recipe.seed, model.tokenizer.pad_token_id
-        )
-        trainables = _set_up_optimizer(session, model, t, data.steps.total)
-        state = TrainingState(world_size=accelerator.num_processes)
-        if options.resume:
-            state = _resume(session, data.prepared.split_hashes, trainables) or state
-        planned = plan_run(loaded, data.prepared.report, data.measured, device_type)
-        for warning in planned.warnings:
-            say(f"warning: {warning}")
-        if session.is_main:
-            origin = manifest.Origin(
-                recipe.seed, data.prepared.split_hashes, recipe.base_model, source.describe(), options.command_line
+    opening = _Opening()
+    try:
+        with contextlib.ExitStack() as hold:
+            run_dir = _agree(accelerator, lambda: _open_run_dir(loaded, options, hold, opening))
+            session = Session(accelerator, device_type, RunLayout(run_dir), say, loaded.name)
+            model = _set_up_model(loaded, source, session)
+            prepare = build_data or _pipeline
+            data = _set_up_data(
+                session, lambda: prepare(loaded, model.tokenizer), t, recipe.seed, model.tokenizer.pad_token_id
             )
-            _write_run_files(session.layout, planned, options, origin, state.step)
-        logs = _open_logs(session, loaded, options, state, data.steps.total, planned.cost_per_second)
-        hold.callback(logs.close)
-        say(f"training {data.steps.total:,} steps ({data.steps.per_epoch:,} per epoch) into {run_dir}")
+            trainables = _set_up_optimizer(session, model, t, data.steps.total)
+            if not options.resume:  # every input is checked: an earlier run's files may go now
+                _agree(accelerator, lambda: _claim_run_dir(loaded, session, opening))
+            hashes = dict(data.prepared.split_hashes)
+            state = TrainingState(world_size=accelerator.num_processes, data_hashes=hashes)
+            if options.resume:
+                state = _resume(session, hashes, trainables) or state
+            planned = plan_run(loaded, data.prepared.report, data.measured, device_type)
+            for warning in planned.warnings:
+                say(f"warning: {warning}")
+            if session.is_main:
+                origin = manifest.Origin(
+                    recipe.seed,
+                    data.prepared.split_hashes,
+                    recipe.base_model,
+                    source.describe(),
+                    options.command_line,
+                    recipe_path=loaded.path,
+                )
+                _write_run_files(session, planned, options, origin, state.step)
+            logs = _open_logs(session, loaded, options, state, data, planned.cost_per_second)
+            hold.push(logs.exit)
+            say(f"training {data.steps.total:,} steps ({data.steps.per_epoch:,} per epoch) into {run_dir}")
 
-        cadence = Cadence(
-            data.steps, t.eval_steps, t.steps_per_checkpoint, t.checkpoints_to_keep, t.early_stop, options.stop_at_step
-        )
-        run = Run(session, model, trainables, data, cadence, logs)
-        stop = hold.enter_context(_stop_signals(say))
-        clock = Clock(started, state.seconds)
-        import torch
+            cadence = Cadence(
+                data.steps,
+                t.eval_steps,
+                t.steps_per_checkpoint,
+                t.checkpoints_to_keep,
+                t.early_stop,
+                options.stop_at_step,
+            )
+            run = Run(session, model, trainables, data, cadence, logs)
+            stop = hold.enter_context(_stop_signals(say))
+            clock = Clock(started, state.seconds)
+            opening.training = True
+            import torch
 
-        try:
-            ending = _loop(run, state, clock, stop)
-        except torch.OutOfMemoryError as exc:
-            raise RuntimeFailure(_oom_message(recipe, data.prepared.max_length, state.step)) from exc
-        if ending != "finished":
-            return _result(run, state, None, interrupted=ending == "interrupted")
-        return _finish(run, state, clock, planned)
+            try:
+                ending = _loop(run, state, clock, stop)
+            except torch.OutOfMemoryError as exc:
+                raise RuntimeFailure(_oom_message(recipe, data.prepared.max_length, state.step)) from exc
+            if ending != "finished":
+                return _result(run, state, None, interrupted=ending == "interrupted")
+            return _finish(run, state, clock, planned)
+    except KeyboardInterrupt as exc:  # a second Ctrl-C, or one while loading
+        raise Interrupted(opening.run_dir) from exc
+    except OSError as exc:  # one the write boundaries did not name (a log, a cache)
+        where = f"; continue from the last checkpoint with `lora-recipes train --resume {opening.run_dir}`"
+        raise RuntimeFailure(rundir.describe_os_error(exc, "access") + (where if opening.training else "")) from exc
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C that stopped `train` at once (a second one, or one before training began);
+    `run_dir` is the run it leaves (None: none was opened)."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+
+@dataclass
+class _Opening:
+    """What the main process learned opening the run directory, for the phases after it."""
+
+    run_dir: Path | None = None
+    empty_first: bool = False  # an earlier run's files are removed once every input is checked
+    created: bool = False  # this start made the folder: a start that fails removes it again
+    training: bool = False  # the loop began: from here on a failure keeps everything
 
 
 def _loop(run: Run, state: TrainingState, clock: Clock, stop: _StopRequest) -> Ending:
@@ -245,7 +296,9 @@ def _loop(run: Run, state: TrainingState, clock: Clock, stop: _StopRequest) -> E
     while state.step < total and not state.stopped_early:
         step_start = time.perf_counter()
         result = train_step(session.accelerator, run.trainables, run.data.train, state.step)
+        _wait_for_device(session.device_type)  # the optimizer's queued kernels belong to this step's time
         state.step += 1
+        _check_finite(run, state, result)
         _count_step(run, state, clock, result, time.perf_counter() - step_start)
 
         last = state.step == total
@@ -261,6 +314,36 @@ def _loop(run: Run, state: TrainingState, clock: Clock, stop: _StopRequest) -> E
             session.say(f"{why}; checkpoint written. Continue with: lora-recipes train --resume {session.layout.root}")
             return "interrupted" if interrupted else "stopped"
     return "finished"
+
+
+def _check_finite(run: Run, state: TrainingState, result: StepResult) -> None:
+    """Stop at a step whose loss (or, without fp16's loss scaling, which skips such steps, whose
+    gradient norm) is NaN or infinite: the weights it produced are no use. Nothing of the step is
+    recorded; the last checkpoint and the best adapter stay as they were."""
+    scaled = run.session.accelerator.scaler is not None
+    if math.isfinite(result.loss) and (scaled or math.isfinite(result.grad_norm)):
+        return
+    layout = run.session.layout
+    what = f"loss is {result.loss}" if not math.isfinite(result.loss) else f"gradient norm is {result.grad_norm}"
+    last = checkpoint.latest_checkpoint(layout.root)
+    kept = [f"the last checkpoint ({last.relative_to(layout.root)})"] if last is not None else []
+    kept += [f"the best adapter (step {state.best_step})"] if state.best_step is not None else []
+    saved = " and ".join(kept) + (" are kept" if len(kept) > 1 else " is kept") if kept else "nothing was saved yet"
+    raise RuntimeFailure(
+        f"step {state.step}: the training {what}, not a finite number; stopped ({saved}). Training has "
+        "diverged (a learning rate too high, or a float16 overflow): resuming would repeat it. Lower "
+        "trainer.learning_rate, keep trainer.gradient_clipping.clipglobalnorm on, or train in bfloat16, then start a "
+        "new run"
+    )
+
+
+def _wait_for_device(device_type: str) -> None:
+    """Wait until the GPU has run what was queued (CUDA kernels run asynchronously), so a clock
+    read afterwards charges each step its own work (scripts/bench_gpu.py's baseline does the same)."""
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def _finish(run: Run, state: TrainingState, clock: Clock, planned: RunPlan) -> TrainResult:
@@ -279,11 +362,15 @@ def _finish(run: Run, state: TrainingState, clock: Clock, planned: RunPlan) -> T
     state.seconds = clock.run_seconds()
     report = cost_report(planned, state, run.model.summary, peak, state.best_step if validated else state.step)
     if session.is_main:
-        run.logs.close()
+        run.logs.progress_line.close()
         _plot(session)
         layout = session.layout
-        rundir.write_text_atomic(layout.cost_report_md, render_cost_report(report))
-        rundir.write_json_atomic(layout.cost_report_json, report)  # last: marks the run finished
+        with rundir.os_errors("write", layout.cost_report_md):
+            rundir.write_text_atomic(layout.cost_report_md, render_cost_report(report))
+        _write_card(session, report)
+        rundir.write_json_strict(layout.cost_report_json, report)  # last: marks the run finished
+        run.logs.metrics.finish(layout, full=run.model.full)  # the trackers' artifacts
+        run.logs.close("finished")
     session.accelerator.wait_for_everyone()
     return _result(run, state, report, interrupted=False)
 
@@ -322,7 +409,7 @@ def _count_step(run: Run, state: TrainingState, clock: Clock, result: StepResult
             "epoch": round(state.step / run.cadence.steps.per_epoch, 4),
             "loss": result.loss,
             "learning_rate": result.learning_rate,
-            "grad_norm": result.grad_norm,
+            "grad_norm": result.grad_norm if math.isfinite(result.grad_norm) else None,  # fp16: a skipped step
             "tokens": result.tokens_real,
             "computed_tokens": result.tokens_computed,
             "padding_share": 1 - result.tokens_real / result.tokens_computed,
@@ -336,8 +423,13 @@ def _validate(run: Run, state: TrainingState, data: ValidationData) -> None:
     """Validation loss; a new best is saved as the run's result; early stopping is decided."""
     session = run.session
     start = time.perf_counter()
-    loss = validation_loss(session.accelerator, run.trainables.bare, data, run.trainables.logits_mask)
-    best = judge(state, loss, run.cadence.early_stop)
+    progress = run.logs.progress_line
+    progress.validation_start()
+    loss = validation_loss(
+        session.accelerator, run.trainables.bare, data, run.trainables.logits_mask, progress.validation_progress
+    )
+    progress.validation_end()
+    best = judge(state, loss, run.cadence.early_stop)  # never a loss that is not finite
     if best and session.is_main:
         _save_result(run)
     session.accelerator.wait_for_everyone()
@@ -345,18 +437,20 @@ def _validate(run: Run, state: TrainingState, data: ValidationData) -> None:
         {
             "event": "validation",
             "step": state.step,
-            "validation_loss": loss,
+            "validation_loss": loss if math.isfinite(loss) else None,
             "best": best,
             "seconds": time.perf_counter() - start,
         }
     )
-    session.say(f"step {state.step}: validation loss {loss:.4f}{' (best so far)' if best else ''}")
+    note = " (best so far)" if best else "" if math.isfinite(loss) else " (not a finite number: never the best)"
+    session.say(f"step {state.step}: validation loss {loss:.4f}{note}")
 
 
 def _checkpoint(run: Run, state: TrainingState, clock: Clock) -> None:
     session = run.session
     state.seconds = clock.run_seconds()
     state.metrics_lines = run.logs.metrics.lines
+    _check_weights(run, state, "checkpoint")
     checkpoint.save_checkpoint(
         session.layout, state, run.trainables, session.accelerator, run.cadence.checkpoints_to_keep
     )
@@ -368,14 +462,62 @@ def _save_result(run: Run) -> None:
     """The run's product, `adapter/` (or `model/` for full fine-tuning), each file replaced
     atomically."""
     layout, full = run.session.layout, run.model.full
-    staging = rundir.staging_dir(layout.root, "result")
-    models.save_trained(run.trainables.bare, run.model.tokenizer, staging, full=full)
-    rundir.replace_files_from(staging, layout.result(full=full))
+    target = layout.result(full=full)
+    _check_weights(run, None, target.name)
+    with rundir.os_errors("write", target):
+        staging = rundir.staging_dir(layout.root, "result")
+        try:
+            models.save_trained(run.trainables.bare, run.model.tokenizer, staging, full=full)
+            _check_json_files(staging, target)
+            rundir.replace_files_from(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_weights(run: Run, state: TrainingState | None, what: str) -> None:
+    """Refuse to save weights that are not finite (the loss check stops a run first; this keeps
+    any way round it from reaching a checkpoint or the result)."""
+    import torch
+
+    for name, param in run.trainables.bare.named_parameters():
+        if param.requires_grad and not bool(torch.isfinite(param).all()):
+            at = f"step {state.step}: " if state is not None else ""
+            raise RuntimeFailure(
+                f"{at}the trainable weight {name} holds NaN or infinity; the {what} was not saved (the earlier one is "
+                "kept). Training has diverged: lower trainer.learning_rate and start a new run"
+            )
+
+
+def _check_json_files(folder: Path, target: Path) -> None:
+    """Every JSON file a library wrote for the result parses as strict JSON (no NaN or Infinity,
+    which PEFT would write for a NaN setting)."""
+    import json
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+        except ValueError as exc:
+            raise RuntimeFailure(
+                f"{target / path.name}: would hold {exc} (not JSON); not saved. Check the recipe's numbers"
+            ) from exc
+
+
+def _write_card(session: Session, report: dict[str, Any]) -> None:
+    """The model card of the run's result (adapter/README.md, training.model_card). The weights
+    are saved already: a card that cannot be written is a warning, not a failed run."""
+    try:
+        model_card.write_run_card(session.layout.root, cost=report)
+    except Exception as exc:
+        session.say(f"warning: the model card was not written ({type(exc).__name__}: {exc})")
 
 
 def _plot(session: Session) -> None:
     layout = session.layout
-    plots.plot_losses(read_metrics(layout.metrics), layout.loss_plot, session.name)
+    with rundir.os_errors("write", layout.loss_plot):
+        plots.plot_losses(read_metrics(layout.metrics), layout.loss_plot, session.name)
 
 
 class _StopRequest:
@@ -417,20 +559,53 @@ def _stop_signals(say: Callable[[str], None]) -> Iterator[_StopRequest]:
 # -- set-up phases -----------------------------------------------------------------------------------
 
 
-def _start_accelerator(device: str, dtype: str) -> tuple[Accelerator, str]:
-    """The process group, and the device type (cuda or cpu) the `trainer.device` setting gives."""
-    import torch
-    from accelerate import Accelerator
+# How long a process waits for the others at a barrier or collective before the run is aborted.
+# The default of torch and accelerate (10 minutes with NCCL) is shorter than what the main process
+# may do while the others wait in main_process_first(): a first run's model download or GGUF
+# conversion, and preparing a large data set. LORA_RECIPES_PROCESS_GROUP_TIMEOUT (seconds) sets it.
+PROCESS_GROUP_TIMEOUT_ENV = "LORA_RECIPES_PROCESS_GROUP_TIMEOUT"
+DEFAULT_PROCESS_GROUP_TIMEOUT_SECONDS = 2 * 3600
 
-    device_type = models.resolve_device(device)
-    model_dtype = models.resolve_dtype(dtype, device_type)
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model_dtype, "no")
+
+def process_group_timeout(environ: Mapping[str, str]) -> dt.timedelta:
+    """The process group's timeout: LORA_RECIPES_PROCESS_GROUP_TIMEOUT seconds, else 2 hours."""
+    text = environ.get(PROCESS_GROUP_TIMEOUT_ENV, "").strip()
+    if not text:
+        return dt.timedelta(seconds=DEFAULT_PROCESS_GROUP_TIMEOUT_SECONDS)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UserError(f"{PROCESS_GROUP_TIMEOUT_ENV}={text!r}: give a number of seconds above 0 (e.g. 7200)")
+    return dt.timedelta(seconds=seconds)
+
+
+def _start_accelerator(recipe: Recipe) -> tuple[Accelerator, str, models.Precision]:
+    """The process group (with `process_group_timeout`), the device type (cuda or cpu) the
+    `trainer.device` setting gives, and the precision of the run on that device (see
+    models.resolve_precision: from the GPU's compute capability, not torch's bf16 answer)."""
+    import os
+
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    device_type = models.resolve_device(recipe.trainer.device)
+    precision = models.resolve_precision(
+        recipe.model_parameters.dtype,
+        recipe.quantization.bnb_4bit_compute_dtype,
+        device_type=device_type,
+        capability=models.device_capability(device_type),
+        full=recipe.adapter.type == "none",
+        bits=recipe.quantization.bits,
+    )
     accelerator = Accelerator(
         cpu=device_type == "cpu",
-        mixed_precision=precision if device_type == "cuda" else "no",
+        mixed_precision=precision.mixed_precision,
         device_placement=False,  # the model is loaded onto its device; batches are moved by collate
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=process_group_timeout(os.environ))],
     )
-    return accelerator, device_type
+    return accelerator, device_type, precision
 
 
 def _set_up_model(loaded: LoadedRecipe, source: ModelSource, session: Session) -> LoadedModel:
@@ -455,6 +630,11 @@ def _set_up_data(
     if len(data.train) == 0:
         raise UserError("the training split has no rows left after preparation; check data.dataset and data.max_rows")
     split = data.validation if data.validation is not None and len(data.validation) else None
+    if split is not None and t.validation_max_rows is not None and len(split) > t.validation_max_rows:
+        session.say(
+            f"validating on {t.validation_max_rows:,} of {len(split):,} validation rows (trainer.validation_max_rows)"
+        )
+        split = bounded_split(split, t.validation_max_rows)
     schedule = batching.Schedule(
         tuple(data.train.lengths), t.batch_size, t.gradient_accumulation_steps, world, seed, t.group_by_length
     )
@@ -488,6 +668,11 @@ def _set_up_optimizer(session: Session, model: LoadedModel, t: Trainer, total: i
 
     params = [p for p in model.model.parameters() if p.requires_grad]
     o = t.optimizer
+    if o.type.startswith("paged_") and models.paged_state_share(params) == 0:
+        session.say(
+            f"note: trainer.optimizer.type {o.type} pages nothing here: bitsandbytes pages only tensors of at least "
+            f"{models.PAGED_MIN_ELEMENTS:,} elements, and every trainable tensor is smaller"
+        )
     optimizer = models.build_optimizer(
         params, type=o.type, lr=t.learning_rate, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
     )
@@ -507,10 +692,10 @@ def _set_up_optimizer(session: Session, model: LoadedModel, t: Trainer, total: i
 
 
 def _open_logs(
-    session: Session, loaded: LoadedRecipe, options: TrainOptions, state: TrainingState, total: int, cost: float
+    session: Session, loaded: LoadedRecipe, options: TrainOptions, state: TrainingState, data: RunData, cost: float
 ) -> Logs:
-    """metrics.jsonl (continued from a checkpoint), the recipe's extra sinks and the progress line;
-    `cost` is dollars per second of the run."""
+    """metrics.jsonl (continued from a checkpoint), the recipe's trackers (a resumed run continues
+    its own tracking runs) and the progress line; `cost` is dollars per second of the run."""
     return Logs(
         MetricsLog(
             session.layout,
@@ -519,63 +704,100 @@ def _open_logs(
             report_to=loaded.recipe.trainer.report_to,
             run_config=loaded.resolved,
             say=session.say,
+            tracking=loaded.recipe.tracking,
+            name=loaded.name,
+            resumed=options.resume,
+            from_step=state.step,
         ),
         ProgressLine(
             enabled=session.is_main,
-            total_steps=total,
+            total_steps=data.steps.total,
             start_step=state.step,
             cost_per_second=cost,
             stream=options.stream,
+            eval_steps=loaded.recipe.trainer.eval_steps if data.validation is not None else None,
+            validation_tokens=data.measured.validation_tokens,
         ),
     )
 
 
 def _resume(session: Session, split_hashes: dict[str, str], trainables: Trainables) -> TrainingState | None:
-    """Restore the newest checkpoint into the live objects (None: there is none yet). The data
-    must be what the run started with."""
-    import json
-
+    """Restore the newest good checkpoint into the live objects (None: there is none yet); a
+    damaged newer one is reported and skipped. The data must be what the run started with, as the
+    manifest and the checkpoint itself record it."""
     layout, say = session.layout, session.say
     run_dir = layout.root
-    path = layout.manifest
-    recorded = json.loads(path.read_text(encoding="utf-8"))["data_hashes"] if path.is_file() else {}
-    if recorded and recorded != split_hashes:
-        changed = sorted(k for k in set(recorded) | set(split_hashes) if recorded.get(k) != split_hashes.get(k))
-        raise UserError(
-            f"--resume {run_dir}: the data changed since the run started ({', '.join(changed)}); resuming would not "
-            "continue the same training. Restore the data or start a new run"
-        )
-    latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is None:
+    _check_same_data(run_dir, _manifest_data_hashes(layout, say), split_hashes, layout.manifest.name)
+    accelerator = session.accelerator
+    restored = checkpoint.restore_newest(
+        run_dir, trainables, rank=accelerator.process_index, world_size=accelerator.num_processes
+    )
+    if restored is None:
         say(f"{run_dir} has no checkpoint yet: starting it from the beginning")
         return None
-    accelerator = session.accelerator
-    state = checkpoint.load_checkpoint(
-        latest, trainables, rank=accelerator.process_index, world_size=accelerator.num_processes
-    )
-    say(f"resuming from {latest.relative_to(run_dir)} (step {state.step:,})")
-    return state
+    for damage in restored.skipped:
+        say(
+            f"warning: checkpoint {damage.folder.name} is damaged and was skipped ({damage.file}: {damage.why}); "
+            "using the one before it"
+        )
+    _check_same_data(run_dir, restored.state.data_hashes, split_hashes, f"checkpoints/{restored.folder.name}")
+    say(f"resuming from {restored.folder.relative_to(run_dir)} (step {restored.state.step:,})")
+    return restored.state
+
+
+def _manifest_data_hashes(layout: RunLayout, say: Callable[[str], None]) -> dict[str, str]:
+    """The data hashes manifest.json recorded ({} when it is gone; the checkpoints record them too)."""
+    import json
+
+    if not layout.manifest.is_file():
+        return {}
+    try:
+        hashes = json.loads(layout.manifest.read_text(encoding="utf-8"))["data_hashes"]
+        if isinstance(hashes, dict):
+            return {str(k): str(v) for k, v in hashes.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    say(f"warning: {layout.manifest} is unreadable; the data is checked against the checkpoint's record")
+    return {}
+
+
+def _check_same_data(run_dir: Path, recorded: dict[str, str], now: dict[str, str], where: str) -> None:
+    if recorded and recorded != now:
+        changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+        raise UserError(
+            f"--resume {run_dir}: the data changed since the run started ({', '.join(changed)}, as {where} "
+            "records it); resuming would not continue the same training. Restore the data or start a new run"
+        )
 
 
 def _write_run_files(
-    layout: RunLayout, planned: RunPlan, options: TrainOptions, origin: manifest.Origin, from_step: int
+    session: Session, planned: RunPlan, options: TrainOptions, origin: manifest.Origin, from_step: int
 ) -> None:
-    """plan.json and manifest.json (a resumed run adds a session to its manifest)."""
+    """plan.json and manifest.json (a resumed run adds a session to its manifest; one whose
+    manifest is gone or unreadable gets a new one)."""
     import datetime as dt
     import json
 
-    session = {
+    layout = session.layout
+    entry = {
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command_line": list(options.command_line),
         "from_step": from_step,
     }
+    record: Any = None
     if options.resume and layout.manifest.is_file():
-        record = json.loads(layout.manifest.read_text(encoding="utf-8"))
-    else:
-        rundir.write_json_atomic(layout.plan, planned.document)
+        try:
+            record = json.loads(layout.manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("sessions"), list):
+            session.say(f"warning: {layout.manifest} was unreadable; writing a new one")
+            record = None
+    if record is None:
+        rundir.write_json_strict(layout.plan, planned.document)
         record = manifest.build_manifest(origin, planned.device)
-    record["sessions"].append(session)
-    rundir.write_json_atomic(layout.manifest, record)
+    record["sessions"].append(entry)
+    rundir.write_json_strict(layout.manifest, record)
 
 
 # -- set-up helpers ------------------------------------------------------------------------------------
@@ -635,7 +857,9 @@ def _load_model(
     m, q, t = recipe.model_parameters, recipe.quantization, recipe.trainer
     with accelerator.main_process_first():  # a GGUF base is converted once, by one process
         tokenizer = models.load_tokenizer(source, revision=m.revision, trust_remote_code=m.trust_remote_code)
-        model = models.load_base_model(source, **load_options(loaded), device=str(accelerator.device))
+        model = models.load_base_model(
+            source, **load_options(loaded), device=str(accelerator.device), full=recipe.adapter.type == "none"
+        )
     model = models.prepare_for_training(
         model, quantized=q.bits is not None, gradient_checkpointing=t.enable_gradient_checkpointing
     )
@@ -673,19 +897,63 @@ def _padding_note(schedule: batching.Schedule, split: TokenizedSplit) -> str:
     return note
 
 
-def _open_run_dir(loaded: LoadedRecipe, options: TrainOptions, hold: contextlib.ExitStack) -> Path:
-    """Choose and check the run directory and take its lock (main process only)."""
+def _open_run_dir(loaded: LoadedRecipe, options: TrainOptions, hold: contextlib.ExitStack, opening: _Opening) -> Path:
+    """Choose and check the run directory, mark it (`RunLayout.marker`) and take its lock (main
+    process only). An earlier run's files are not touched here: `_claim_run_dir` removes them once
+    the model and the data have loaded."""
     if options.resume:
         assert options.run_dir is not None
         run_dir = options.run_dir
         rundir.check_resumable(run_dir)
     else:
         run_dir = options.run_dir or rundir.new_run_dir_name(loaded.name, Path(loaded.recipe.output_directory))
-        rundir.check_new_run_dir(run_dir, overwrite=options.overwrite)
-    hold.enter_context(rundir.run_lock(run_dir))
-    if not options.resume:  # first, so that a run killed while loading can be resumed
-        rundir.write_text_atomic(RunLayout(run_dir).resolved_recipe, rundir.resolved_recipe_text(loaded))
-    return run_dir.resolve()
+        opening.empty_first = rundir.check_new_run_dir(run_dir, overwrite=options.overwrite)
+        opening.created = not run_dir.exists()
+    opening.run_dir = run_dir.resolve()
+    layout = RunLayout(run_dir)
+    with rundir.os_errors("create the run directory", run_dir, error=UserError):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if opening.created:  # runs last: after the lock is let go
+            hold.push(lambda kind, exc, tb: _remove_failed_start(layout, opening, exc, folder=True))
+        rundir.write_marker(run_dir)  # first (a run from before the marker gets it on --resume)
+        hold.enter_context(rundir.run_lock(run_dir))
+    if opening.created:  # while the lock is held
+        hold.push(lambda kind, exc, tb: _remove_failed_start(layout, opening, exc, folder=False))
+    if not options.resume and not opening.empty_first:  # first, so that a run killed while loading can be resumed
+        with rundir.os_errors("write", layout.resolved_recipe):
+            rundir.write_text_atomic(layout.resolved_recipe, rundir.resolved_recipe_text(loaded))
+    return opening.run_dir
+
+
+def _claim_run_dir(loaded: LoadedRecipe, session: Session, opening: _Opening) -> Path:
+    """A new run in a folder that holds an earlier one (--overwrite, or a start that trained
+    nothing): with every input checked, remove what that run wrote (and only that) and write this
+    run's recipe."""
+    layout = session.layout
+    if opening.empty_first:
+        with rundir.os_errors("empty", layout.root):
+            kept = rundir.empty_run_dir(layout.root)
+        session.say(f"removed the earlier run's files from {layout.root}")
+        if kept:
+            session.say(f"kept what lora-recipes did not write there: {', '.join(kept)}")
+        with rundir.os_errors("write", layout.resolved_recipe):
+            rundir.write_text_atomic(layout.resolved_recipe, rundir.resolved_recipe_text(loaded))
+    return layout.root
+
+
+def _remove_failed_start(layout: RunLayout, opening: _Opening, exc: BaseException | None, *, folder: bool) -> None:
+    """A start that failed before training (a bad input, a full disk) in a folder it made itself
+    removes what it wrote, so the same command can run again; a run that began training keeps
+    everything, and so does Ctrl-C (the folder can be resumed)."""
+    if opening.training or not isinstance(exc, LoraRecipesError | OSError):
+        return
+    if folder:
+        with contextlib.suppress(OSError):
+            layout.root.rmdir()  # only if empty: whatever else appeared there stays
+        return
+    with contextlib.suppress(OSError):
+        rundir.empty_run_dir(layout.root)
+        layout.marker.unlink()
 
 
 def _agree(accelerator: Accelerator, decide: Callable[[], Path]) -> Path:
