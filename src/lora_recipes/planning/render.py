@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lora_recipes.data.chat import describe_lines
 from lora_recipes.planning.estimate import UnknownEstimate
 from lora_recipes.planning.sections import DataSection, Plan, Training
 
@@ -78,6 +79,7 @@ def render_data_section(data: DataSection, max_length: int | None) -> list[str]:
         lines.append(f"few-shot examples   {few.count} rows drawn from train (seed {few.seed}), kept out of training")
     elif few.type == "fixed":
         lines.append(f"few-shot examples   {few.count} fixed in the recipe")
+    lines += describe_lines(dict(source.prompt_format) if source.prompt_format is not None else None)
     lines += ["", *render_splits(data)]
     lines += ["", f"{'tokens (train)':<16}" + "".join(f"{k:>8}" for k in STATS)]
     for part, part_stats in (

@@ -107,11 +107,12 @@ class DataSource:
     tokenizer: TokenizerInfo
     few_shot: FewShot
     cache: str
+    prompt_format: Mapping[str, Any] | None = None  # data.chat: the chat-template setting and one example
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> DataSource:
         tokenizer, few_shot = TokenizerInfo.from_json(d["tokenizer"]), FewShot.from_json(d["few_shot"])
-        return cls(d["source"], d["kind"], tokenizer, few_shot, d["cache"])
+        return cls(d["source"], d["kind"], tokenizer, few_shot, d["cache"], d.get("prompt_format"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -120,6 +121,7 @@ class DataSource:
             "tokenizer": self.tokenizer.to_json(),
             "few_shot": self.few_shot.to_json(),
             "cache": self.cache,
+            **({"prompt_format": dict(self.prompt_format)} if self.prompt_format is not None else {}),
         }
 
 
