@@ -128,7 +128,7 @@ def test_merged_model_gives_the_logits_of_base_plus_adapter(
 
     card = (out / "README.md").read_text()
     assert f"base_model: {tiny_model_dir.name}" not in card  # a folder name is no hub id: no front-matter link
-    assert "- r: 8" in card and "not a hub id" in card
+    assert "| LoRA rank r | 8 |" in card and "not a hub id" in card
     marker = json.loads((out / "lora_recipes_export.json").read_text())
     assert marker["base"]["id"] == tiny_model_dir.name and "location" not in marker["base"]
     assert marker["dtype"] == "float32" and marker["lora"]["r"] == 8 and marker["run"] == "run"
