@@ -244,9 +244,7 @@ def chat_template_is_known(data: dict[str, Any]) -> Iterator[Violation]:
     hint = did_you_mean(value, list(CHAT_TEMPLATE_WORDS)) or (
         "use auto, none, tokenizer, or a template file ending in " + ", ".join(CHAT_TEMPLATE_SUFFIXES)
     )
-    yield Violation(
-        ("prompt", "chat_template"), f"{value!r} is neither auto, none, tokenizer nor a .jinja file", hint
-    )
+    yield Violation(("prompt", "chat_template"), f"{value!r} is neither auto, none, tokenizer nor a .jinja file", hint)
 
 
 @rule
