@@ -94,6 +94,7 @@ def shipped_fleet(names: list[str], steps: int, rows: int, eval_size: int) -> tu
         "trainer.batch_size=8",
         "trainer.gradient_accumulation_steps=1",
         f"data.max_rows.train={rows}",
+        "trainer.validation_max_rows=40",
         f"data.evaluation_size={eval_size}",
         "generation.max_new_tokens=48",
     ]
@@ -107,7 +108,9 @@ def run(command: list[str], env: dict[str, str], log: Path) -> float:
         done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        sys.exit(f"{' '.join(command[:6])} ... exited {done.returncode}; see {log}")
+        # The log may sit in a temporary folder that goes when we exit: show its end here.
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        sys.exit(f"{tail}\n\n{' '.join(command[:6])} ... exited {done.returncode}; log: {log}")
     return seconds
 
 

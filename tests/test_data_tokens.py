@@ -140,6 +140,15 @@ def test_labels_mask_the_prompt_and_cover_answer_and_eos(tmp_path: Path, tiny_to
 # --- the cache ----------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache folder of the test's own: the session cache may already hold the same key, written by
+    another test that prepared the same rows with the same tokenizer."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("LORA_RECIPES_CACHE", str(root))
+    return root
+
+
 def _prepared_state(tmp_path: Path, tokenizer, **recipe_changes) -> tuple[str, list[list[int]]]:
     recipe = sentiment_recipe(**recipe_changes)
     recipe["data"]["splits"] = {"test": None}
@@ -149,7 +158,7 @@ def _prepared_state(tmp_path: Path, tokenizer, **recipe_changes) -> tuple[str, l
 
 
 @pytest.mark.slow
-def test_cache_is_reused_and_never_stale(tmp_path: Path, tiny_tokenizer) -> None:
+def test_cache_is_reused_and_never_stale(tmp_path: Path, tiny_tokenizer, own_cache: Path) -> None:
     data = sentiment_folder(tmp_path, train=20, validation=4, test=0)
     state, first = _prepared_state(tmp_path, tiny_tokenizer)
     assert state == "written"
@@ -177,7 +186,7 @@ def test_cache_is_reused_and_never_stale(tmp_path: Path, tiny_tokenizer) -> None
 
 
 @pytest.mark.slow
-def test_a_damaged_cache_file_is_ignored_and_rewritten(tmp_path: Path, tiny_tokenizer) -> None:
+def test_a_damaged_cache_file_is_ignored_and_rewritten(tmp_path: Path, tiny_tokenizer, own_cache: Path) -> None:
     sentiment_folder(tmp_path, train=10, validation=2, test=0)
     state, first = _prepared_state(tmp_path, tiny_tokenizer, prompt={"template": "Damaged? {text} ->"})
     assert state == "written"

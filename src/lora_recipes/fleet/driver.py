@@ -131,6 +131,7 @@ class Driver:
         self.failures: Counter[str] = Counter()
         self.durations: list[float] = []  # train + evaluate seconds of jobs that trained from the start
         self.evaluations: list[float] = []
+        self.eval_started: dict[str, float] = {}  # running evaluations: name -> when (time.time())
         self.stop_requested = 0  # signals received
         self.stopping = False
         self.stopped_tokens: dict[str, str] = {}  # the jobs running when the stop came
@@ -275,6 +276,7 @@ class Driver:
                 self.progress.job(name, kind, training_text(rec) + attempt)
             else:
                 rec.seconds_left = None
+                self.eval_started[name] = float(marker.get("clock") or time.time())
                 self.progress.job(name, "evaluating", "evaluating")
         self.fleet_line()
         self.save()
@@ -300,7 +302,8 @@ class Driver:
         lefts = []
         for rec in running:
             if rec.phase == "evaluating":
-                lefts.append(evaluation / 2)
+                since = time.time() - self.eval_started.get(rec.name, time.time())
+                lefts.append(max(evaluation - since, 0.0) if self.evaluations else 0.0)
             elif rec.seconds_left is not None:
                 lefts.append(rec.seconds_left + evaluation)
             elif per_job is not None:

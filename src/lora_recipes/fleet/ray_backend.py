@@ -16,15 +16,30 @@ reported as busy. Run directories must be on storage every node sees at the same
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lora_recipes.errors import UserError
+from lora_recipes.errors import RuntimeFailure, UserError
 from lora_recipes.fleet.job import FAILED, INTERRUPTED, JobResult, JobSpec, run_job
 
 UNLIMITED = 1_000_000  # without --parallel, Ray's resources decide how many tasks run at once
+
+
+# Ray puts Unix sockets under <temp>/ray/session_<time>_<pid>/sockets/, and a socket path may not
+# exceed 107 bytes: a long $TMPDIR (a pytest tmp_path, a CI workspace) makes ray.init fail.
+_SOCKET_PATH_ROOM = 40
+
+
+def _local_temp_dir() -> str | None:
+    """Where a local Ray instance keeps its session: Ray's default unless $RAY_TMPDIR says otherwise or
+    the default would be too long for its sockets, then /tmp/ray."""
+    if os.environ.get("RAY_TMPDIR"):
+        return None  # Ray reads it itself
+    default = os.path.join(tempfile.gettempdir(), "ray")
+    return None if len(default) <= _SOCKET_PATH_ROOM else "/tmp/ray"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -58,7 +73,15 @@ class RayBackend:
                 except (ConnectionError, RuntimeError, ValueError) as exc:
                     raise UserError(f"--ray-address {address}: cannot connect ({_first_line(exc)})") from None
             else:
-                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+                try:
+                    ray.init(
+                        num_cpus=os.cpu_count() or 1,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        _temp_dir=_local_temp_dir(),
+                    )
+                except (OSError, RuntimeError, ValueError) as exc:
+                    raise RuntimeFailure(f"cannot start a local Ray instance: {_first_line(exc)}") from None
                 self.started_here = True
         self.nodes = len([n for n in ray.nodes() if n.get("Alive")])
         if self.nodes > 1 and runs_relative:
