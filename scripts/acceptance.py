@@ -96,18 +96,20 @@ def sets(items: list[str]) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
-def run_task(task: Task, run_dir: Path, data: Path) -> None:
-    """Train, then evaluate into run_dir/eval-4bit (and eval-base-16bit)."""
-    cli("train", task.recipe, "--data", str(data), "--run-dir", str(run_dir), "--overwrite", *sets(task.train_sets))
+def run_task(task: Task, run_dir: Path, data: Path, extra: list[str]) -> None:
+    """Train, then evaluate into run_dir/eval-4bit (and eval-base-16bit); `extra` overrides go to
+    every command, after the task's own."""
+    train_sets, eval_sets = sets([*task.train_sets, *extra]), sets([*task.eval_sets, *extra])
+    cli("train", task.recipe, "--data", str(data), "--run-dir", str(run_dir), "--overwrite", *train_sets)
     limit = ["--limit", str(task.limit)] if task.limit else []
     cli("evaluate", task.recipe, "--data", str(data), "--adapter", str(run_dir), "--base",
-        "--output", str(run_dir / "eval-4bit"), *limit, *sets(task.eval_sets))  # fmt: skip
+        "--output", str(run_dir / "eval-4bit"), *limit, *eval_sets)  # fmt: skip
     if task.base_16bit:
         cli("evaluate", task.recipe, "--data", str(data), "--base", "--output", str(run_dir / "eval-base-16bit"),
-            *limit, *sets([*task.eval_sets, "quantization.bits=null"]))  # fmt: skip
+            *limit, *eval_sets, *sets(["quantization.bits=null"]))  # fmt: skip
 
 
-def summarize(task: Task, run_dir: Path) -> dict[str, Any]:
+def summarize(task: Task, run_dir: Path, extra: list[str]) -> dict[str, Any]:
     """The task's results, read back from what its run directory records."""
     result = json.loads((run_dir / "eval-4bit" / "eval.json").read_text())
     cost = json.loads((run_dir / "cost_report.json").read_text())
@@ -128,7 +130,7 @@ def summarize(task: Task, run_dir: Path) -> dict[str, Any]:
         "split": result["data"]["split"],
         "scores": scores,
         "reference": result.get("reference"),
-        "train_overrides": task.train_sets,
+        "train_overrides": [*task.train_sets, *extra],
         "steps": cost["steps"],
         "train_wall_seconds": cost["wall_seconds"],
         "eval_wall_seconds": eval_seconds,
@@ -178,6 +180,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "acceptance")
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "acceptance.json")
     parser.add_argument("--report-only", action="store_true", help="print the tables of runs already in --work")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every train and evaluate command (repeatable)")  # fmt: skip
     args = parser.parse_args()
     summaries: list[dict[str, Any]] = []
     for task in TASKS:
@@ -188,9 +192,9 @@ def main() -> int:
             if not data.is_dir():
                 print(f"skipping {task.key}: {data} is not available")
                 continue
-            run_task(task, run_dir, data)
+            run_task(task, run_dir, data, args.extra)
         if (run_dir / "eval-4bit" / "eval.json").is_file():
-            summaries.append(summarize(task, run_dir))
+            summaries.append(summarize(task, run_dir, args.extra))
     print()
     for summary in summaries:
         print(render(summary))

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -185,10 +186,14 @@ def export_merged(
     base = models.load_base_model(source, **options, device=device)
     identity = models.base_identity(base)
     assert identity is not None  # load_base_model attaches it
-    if untie_adapted_embeddings(base, adapter_config):
+    untied = untie_adapted_embeddings(base, adapter_config)
+    if untied:
         say("the adapter changes an embedding the base shares between input and output: saved untied")
     try:
-        model = models.load_adapter(base, adapter_dir)
+        with warnings.catch_warnings():
+            if untied:  # peft judges tying by the class's _tied_weights_keys and warns of what we just undid
+                warnings.filterwarnings("ignore", "Model has `tie_word_embeddings=True`", UserWarning)
+            model = models.load_adapter(base, adapter_dir)
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
