@@ -56,16 +56,20 @@ def fill_defaults(data: dict[str, Any], schema: dict[str, Any] | None = None) ->
     Objects that are present (or defaulted to `{}`) are filled in turn, so `trainer: {}` becomes
     the full trainer section. Values of the wrong type are left alone for validation to report.
     """
-    schema = load_schema() if schema is None else schema
-    out = copy.deepcopy(data)
-    for name, sub in schema.get("properties", {}).items():
+    out = copy.deepcopy(data)  # once: the walk below fills the copy in place
+    _fill_in_place(out, load_schema() if schema is None else schema)
+    return out
+
+
+def _fill_in_place(out: dict[str, Any], schema: dict[str, Any]) -> None:
+    properties = schema.get("properties", {})
+    for name, sub in properties.items():
         if name not in out and "default" in sub:
-            out[name] = copy.deepcopy(sub["default"])
+            out[name] = copy.deepcopy(sub["default"])  # never share the schema's own objects
         if isinstance(out.get(name), dict) and ("properties" in sub or "additionalProperties" in sub):
-            out[name] = fill_defaults(out[name], sub)
+            _fill_in_place(out[name], sub)
     entry = schema.get("additionalProperties")
     if isinstance(entry, dict) and "properties" in entry:  # a mapping of user-named entries
         for key, value in out.items():
-            if key not in schema.get("properties", {}) and isinstance(value, dict):
-                out[key] = fill_defaults(value, entry)
-    return out
+            if key not in properties and isinstance(value, dict):
+                _fill_in_place(value, entry)
