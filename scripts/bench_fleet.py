@@ -2,11 +2,12 @@
 by hand (`lora-recipes train`, then `lora-recipes evaluate`, one process each, as a shell loop
 would), in one run, on the local backend and on Ray.
 
-Same recipes, same settings, same thread count: the by-hand loop and both fleets run one job at a
-time (--parallel 1, --cpus-per-job = every CPU), so the difference is the fleet's own overhead:
-the driver, its polling and state file, the child launcher and, on Ray, starting a local Ray
-instance (counted once, in the fleet's wall time). Every recipe is first trained for one step
-(not timed), so model conversion and tokenized-data caches are warm for all three.
+Both score the adapter and the base model. Same recipes, same settings, same thread count: the
+by-hand loop and both fleets run one job at a time (--parallel 1, --cpus-per-job = every CPU), so
+the difference is the fleet's own overhead: the driver, its polling and state file, the child
+launcher and, on Ray, starting a local Ray instance (counted once, in the fleet's wall time). Every
+recipe is first trained for one step (not timed), so model conversion and tokenized-data caches are
+warm for all three. With --workdir the fleets' folders (runs, fleet.json, leaderboard) are kept.
 
 Default: glue_sst2, e2e_nlg and viggo from recipes/ on ../shared/data with SmolLM2-135M-Instruct
 (4-bit), a few hundred training rows, --steps optimizer steps and --eval-size examples each: jobs of
@@ -173,9 +174,17 @@ def main() -> int:
                 [*lora, "train", str(f), "--run-dir", str(run_dir), *data_args(f, args.tiny), *set_args], env, log
             )
             resolved = str(run_dir / "recipe.resolved.yaml")
-            seconds += run(
-                [*lora, "evaluate", resolved, "--adapter", str(run_dir), "--output", str(run_dir / "eval")], env, log
-            )
+            evaluate = [
+                *lora,
+                "evaluate",
+                resolved,
+                "--adapter",
+                str(run_dir),
+                "--base",
+                "--output",
+                str(run_dir / "eval"),
+            ]
+            seconds += run(evaluate, env, log)
             per_job[f.stem] = seconds
         hand = time.perf_counter() - hand_started
         results: dict[str, Any] = {"by-hand": {"wall_seconds": hand, "per_job_seconds": per_job}}
@@ -183,7 +192,7 @@ def main() -> int:
         data_root = [] if args.tiny else ["--data-root", str(SHARED)]
         for backend in backends:
             runs = work / f"fleet-{backend}"
-            command = [*lora, "fleet", *map(str, files), "--runs", str(runs), *set_args, *data_root]
+            command = [*lora, "fleet", *map(str, files), "--runs", str(runs), "--base", *set_args, *data_root]
             command += ["--backend", backend, "--parallel", "1", "--cpus-per-job", str(cpus)]
             wall = run(command, env, log)
             state = json.loads((runs / "fleet.json").read_text())["recipes"]
