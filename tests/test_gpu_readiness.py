@@ -95,9 +95,23 @@ def test_full_fine_tuning_in_float16_keeps_float32_master_weights() -> None:
 
 
 def test_the_cpu_trains_in_float32_without_autocast() -> None:
-    p = precision(device="cpu", capability=None)
+    p = precision(device="cpu", capability=None, cpu_bf16=True)
     assert (p.weights, p.compute, p.mixed_precision, p.notes) == ("float32", "bfloat16", "no", ())
     assert models.device_capability("cpu") is None
+
+
+def test_a_cpu_without_bfloat16_instructions_computes_in_float32_with_a_note() -> None:
+    p = precision(device="cpu", capability=None, cpu_bf16=False)
+    assert (p.weights, p.compute, p.mixed_precision) == ("float32", "float32", "no")
+    assert len(p.notes) == 1 and p.notes[0].startswith("quantization.bnb_4bit_compute_dtype: this CPU has no bfloat16")
+    full = precision("bfloat16", "bfloat16", device="cpu", capability=None, cpu_bf16=False, full=True, bits=None)
+    assert (full.weights, full.compute) == ("float32", "float32")
+    assert [n.split(":")[0] for n in full.notes] == ["model_parameters.dtype"]  # no 4-bit compute to speak of
+    kept = precision("float16", "float16", device="cpu", capability=None, cpu_bf16=False)
+    assert (kept.weights, kept.compute, kept.notes) == ("float16", "float16", ())  # only bfloat16 is emulated
+    # Unless told, the CPU is asked: what torch says about this machine's instructions.
+    native = models.cpu_has_bf16()
+    assert precision(device="cpu", capability=None).compute == ("bfloat16" if native else "float32")
 
 
 # -- the accelerator: process-group timeout and mixed precision -----------------------------------

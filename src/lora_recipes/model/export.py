@@ -183,7 +183,7 @@ def export_merged(
     revision, trust = options.get("revision"), bool(options.get("trust_remote_code", False))
     say(f"loading {source.describe()} in {dtype} on {device}")
     tokenizer = models.load_tokenizer(source, revision=revision, trust_remote_code=trust)
-    base = models.load_base_model(source, **options, device=device)
+    base = models.load_base_model(source, **options, device=device, exact_dtype=True)
     identity = models.base_identity(base)
     assert identity is not None  # load_base_model attaches it
     untied = untie_adapted_embeddings(base, adapter_config)

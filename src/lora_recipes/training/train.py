@@ -107,6 +107,7 @@ class Session:
 
     accelerator: Accelerator
     device_type: str  # cuda or cpu
+    precision: models.Precision  # the data types on this device
     layout: RunLayout
     say: Callable[[str], None]  # a message from the main process
     name: str  # the recipe's name (the loss plot's title)
@@ -211,7 +212,7 @@ def train(loaded: LoadedRecipe, options: TrainOptions, *, build_data: DataBuilde
     try:
         with contextlib.ExitStack() as hold:
             run_dir = _agree(accelerator, lambda: _open_run_dir(loaded, options, hold, opening))
-            session = Session(accelerator, device_type, RunLayout(run_dir), say, loaded.name)
+            session = Session(accelerator, device_type, precision, RunLayout(run_dir), say, loaded.name)
             model = _set_up_model(loaded, source, session)
             prepare = build_data or _pipeline
             data = _set_up_data(
@@ -613,7 +614,7 @@ def _set_up_model(loaded: LoadedRecipe, source: ModelSource, session: Session) -
     recipe = loaded.recipe
     tokenizer, model = _load_model(loaded, source, session.accelerator)
     summary = models.summarize(model)
-    how = _describe_loading(recipe, session.device_type, session.accelerator.num_processes)
+    how = _describe_loading(recipe, session.precision, session.device_type, session.accelerator.num_processes)
     session.say(f"loaded {recipe.base_model}: {how}; {summary.describe()}")
     full = recipe.adapter.type == "none"
     return LoadedModel(tokenizer, model, summary, models.supports_logits_mask(model), full)
@@ -872,15 +873,15 @@ def _load_model(
     return tokenizer, model
 
 
-def _describe_loading(recipe: Recipe, device_type: str, world: int) -> str:
+def _describe_loading(recipe: Recipe, precision: models.Precision, device_type: str, world: int) -> str:
     q = recipe.quantization
     if q.bits == 4:
         double = ", double quantization" if q.bnb_4bit_use_double_quant else ""
-        weights = f"4-bit {q.bnb_4bit_quant_type}{double}, {q.bnb_4bit_compute_dtype} compute"
+        weights = f"4-bit {q.bnb_4bit_quant_type}{double}, {precision.compute} compute"
     elif q.bits == 8:
         weights = "8-bit"
     else:
-        weights = f"{recipe.model_parameters.dtype} weights"
+        weights = f"{precision.weights} weights"
     what = "full fine-tuning" if recipe.adapter.type == "none" else f"LoRA r={recipe.adapter.r}"
     on = f"{device_type} x {world}" if world > 1 else device_type
     return f"{weights}, {what}, on {on}"
