@@ -3,6 +3,8 @@ counted skip; never a traceback (see lora_recipes/data/problems.py for the rule)
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,8 +68,12 @@ def test_ragged_csv_rows(tmp_path: Path, row: list[str], fields: int) -> None:
 def test_a_line_that_is_not_json(tmp_path: Path) -> None:
     data = tmp_path / "rows.jsonl"
     data.write_text('{"text": "fine", "label": 0}\n{"text": "broken", "label": }\n', encoding="utf-8")
-    message = error_of(single_file_recipe(tmp_path, "rows.jsonl"))
+    recipe = single_file_recipe(tmp_path, "rows.jsonl")
+    message = error_of(recipe)
     assert message.startswith(f"{data}: line 2, character 29: not JSON (Expecting value)")
+    # In a real process (pytest's log capture would hide it): one error, not datasets' log line first.
+    done = subprocess.run([sys.executable, "-m", "lora_recipes", "plan", str(recipe)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == f"error: {message}", done.stderr
 
 
 def test_null_and_empty_targets_are_skipped_and_counted(tmp_path: Path) -> None:

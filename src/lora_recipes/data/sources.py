@@ -321,6 +321,9 @@ def read_file(path: Path) -> list[dict[str, Any]]:
         return []  # no data rows: an empty split, reported by the caller
     if suffix == ".parquet" and parquet_rows(path) == 0:
         return []
+    from lora_recipes.notices import quiet_known_notices
+
+    quiet_known_notices()
     import datasets
 
     from lora_recipes.paths import cache_root
@@ -446,6 +449,9 @@ def load_hub(loaded: LoadedRecipe, local: Path) -> Source:
             "download the data and point --data at it: --data PATH, a CSV, JSONL, JSON or Parquet file "
             "or a folder of train/validation/test files",
         )
+    from lora_recipes.notices import quiet_known_notices
+
+    quiet_known_notices()
     import datasets
 
     from lora_recipes.paths import cache_root
