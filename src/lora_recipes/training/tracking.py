@@ -176,7 +176,7 @@ class Trackers:
                 continue
             try:
                 started = _START[tracker](
-                    layout, settings, run_name, name, config, params, ids, resumed, from_step, environ
+                    _Start(layout, settings, run_name, name, config, params, ids, resumed, from_step, environ)
                 )
             except Exception as exc:  # a tracker is an extra: the run goes on without it
                 say(f"warning: trainer.report_to: {tracker} did not start ({_first_line(exc)}); skipping it")
@@ -276,102 +276,85 @@ def _where(item: _Active, layout: RunLayout) -> str:
 # -- starting each tracker --------------------------------------------------------------------------------
 
 
-def _start_tensorboard(
-    layout: RunLayout,
-    settings: Tracking,
-    run_name: str,
-    name: str,
-    config: Mapping[str, Any],
-    params: dict[str, Any],
-    ids: dict[str, Any],
-    resumed: bool,
-    from_step: int,
-    environ: Mapping[str, str],
-) -> _Active:
+@dataclass(frozen=True)
+class _Start:
+    """What starting any tracker needs (`ids` is filled in with the ids a resume will need)."""
+
+    layout: RunLayout
+    settings: Tracking
+    run_name: str
+    name: str  # the recipe's
+    config: Mapping[str, Any]
+    params: dict[str, Any]
+    ids: dict[str, Any]
+    resumed: bool
+    from_step: int
+    environ: Mapping[str, str]
+
+
+def _start_tensorboard(s: _Start) -> _Active:
     from accelerate.tracking import TensorBoardTracker
 
-    extra = {"purge_step": from_step + 1} if resumed else {}  # hide what came after the checkpoint
-    tracker = TensorBoardTracker(layout.tensorboard.name, layout.root, **extra)
+    extra = {"purge_step": s.from_step + 1} if s.resumed else {}  # hide what came after the checkpoint
+    tracker = TensorBoardTracker(s.layout.tensorboard.name, s.layout.root, **extra)
     tracker.start()
-    if not resumed:
-        tracker.store_init_configuration(params)
+    if not s.resumed:
+        tracker.store_init_configuration(s.params)
     return _Active("tensorboard", tracker)
 
 
-def _start_wandb(
-    layout: RunLayout,
-    settings: Tracking,
-    run_name: str,
-    name: str,
-    config: Mapping[str, Any],
-    params: dict[str, Any],
-    ids: dict[str, Any],
-    resumed: bool,
-    from_step: int,
-    environ: Mapping[str, str],
-) -> _Active:
+def _start_wandb(s: _Start) -> _Active:
     from accelerate.tracking import WandBTracker
 
-    known = ids.get("wandb") if resumed else None
-    run_id = known["id"] if isinstance(known, dict) and known.get("id") else wandb_run_id(layout.root)
-    project = known["project"] if isinstance(known, dict) and known.get("project") else settings.project
-    layout.wandb.mkdir(parents=True, exist_ok=True)
+    known = s.ids.get("wandb") if s.resumed else None
+    run_id = known["id"] if isinstance(known, dict) and known.get("id") else wandb_run_id(s.layout.root)
+    project = known["project"] if isinstance(known, dict) and known.get("project") else s.settings.project
+    s.layout.wandb.mkdir(parents=True, exist_ok=True)
     tracker = WandBTracker(
         project,
-        name=run_name,
+        name=s.run_name,
         id=run_id,
         resume="allow",
-        dir=str(layout.root),  # W&B writes <dir>/wandb/
-        group=name,
+        dir=str(s.layout.root),  # W&B writes <dir>/wandb/
+        group=s.name,
         job_type="train",
-        tags=["lora-recipes", name],
-        config={**config, "run_dir": layout.root.name},
+        tags=["lora-recipes", s.name],
+        config={**s.config, "run_dir": s.layout.root.name},
     )
     tracker.start()
-    ids["wandb"] = {"id": run_id, "project": project, "entity": getattr(tracker.run, "entity", None)}
+    s.ids["wandb"] = {"id": run_id, "project": project, "entity": getattr(tracker.run, "entity", None)}
     return _Active("wandb", tracker)
 
 
-def _start_mlflow(
-    layout: RunLayout,
-    settings: Tracking,
-    run_name: str,
-    name: str,
-    config: Mapping[str, Any],
-    params: dict[str, Any],
-    ids: dict[str, Any],
-    resumed: bool,
-    from_step: int,
-    environ: Mapping[str, str],
-) -> _Active:
+def _start_mlflow(s: _Start) -> _Active:
     with _quiet(*_MLFLOW_LOGGERS):
         import mlflow
         from accelerate.tracking import MLflowTracker
 
-        known = ids.get("mlflow") if resumed else None
+        known = s.ids.get("mlflow") if s.resumed else None
         if isinstance(known, dict) and known.get("tracking_uri"):
             uri, embedded = str(known["tracking_uri"]), bool(known.get("embedded"))
         else:
-            uri, embedded = mlflow_uri(settings.uri, layout.root, environ)
+            uri, embedded = mlflow_uri(s.settings.uri, s.layout.root, s.environ)
         if mlflow.active_run() is not None:  # one left open in this process (an earlier run that failed)
             mlflow.end_run(status="FAILED")
         mlflow.set_tracking_uri(uri)
-        artifacts = str(layout.root.resolve().parent / EMBEDDED_ARTIFACTS) if embedded else None
+        artifacts = str(s.layout.root.resolve().parent / EMBEDDED_ARTIFACTS) if embedded else None
         experiment = known.get("experiment") if isinstance(known, dict) else None
         tracker = MLflowTracker(
-            experiment_name=experiment or settings.project,
+            experiment_name=experiment or s.settings.project,
             logging_dir=artifacts,
             run_id=known.get("run_id") if isinstance(known, dict) else None,
-            tags={"lora_recipes.recipe": name, "lora_recipes.run_dir": str(layout.root)},
-            run_name=run_name,
-            description=str(config.get("description") or "") or None,
+            tags={"lora_recipes.recipe": s.name, "lora_recipes.run_dir": str(s.layout.root)},
+            run_name=s.run_name,
+            description=str(s.config.get("description") or "") or None,
         )
         tracker.start()
-        if not resumed or not isinstance(known, dict):
-            tracker.store_init_configuration(params)
-    ids["mlflow"] = {
+        if not s.resumed or not isinstance(known, dict):
+            tracker.store_init_configuration(s.params)
+    s.ids["mlflow"] = {
         "run_id": tracker.active_run.info.run_id,
-        "experiment": experiment or settings.project,
+        "experiment": experiment or s.settings.project,
         "experiment_id": tracker.active_run.info.experiment_id,
         "tracking_uri": uri,
         "embedded": embedded,
@@ -379,7 +362,7 @@ def _start_mlflow(
     return _Active("mlflow", tracker)
 
 
-_START: dict[str, Callable[..., _Active]] = {
+_START: dict[str, Callable[[_Start], _Active]] = {
     "tensorboard": _start_tensorboard,
     "wandb": _start_wandb,
     "mlflow": _start_mlflow,
