@@ -144,3 +144,33 @@ def test_wandb_runs_are_the_run_directorys_own(
     assert again.finished
     new_id = json.loads(layout.tracking.read_text())["wandb"]["id"]
     assert new_id != resumed_id and new_id.startswith("try-")
+
+
+def test_a_new_run_in_the_same_folder_gets_a_new_mlflow_run_and_artifacts_can_be_left_out(
+    resumed_run: tuple[dict, TrainResult], tiny_model_dir: Path, reviews: Path
+) -> None:
+    """(After the W&B test: it trains into the resumed run's folder again.)"""
+    import mlflow
+    from mlflow import MlflowClient
+
+    first, result = resumed_run
+    again = train_tiny(
+        tiny_model_dir,
+        reviews,
+        result.run_dir,
+        *TRACKED,
+        "trainer.report_to=[mlflow]",
+        "tracking.artifacts=false",
+        "name=third",
+        overwrite=True,
+    )
+    assert again.finished
+    ids = json.loads(RunLayout(result.run_dir).tracking.read_text())["mlflow"]
+    assert ids["run_id"] != first["mlflow"]["run_id"]
+    mlflow.set_tracking_uri(ids["tracking_uri"])
+    runs = mlflow.search_runs(experiment_names=["lora-recipes"], output_format="list")
+    assert {r.info.run_id for r in runs} == {ids["run_id"], first["mlflow"]["run_id"]}  # the old run stays
+    client = MlflowClient()
+    assert client.get_metric_history(ids["run_id"], "train/loss")  # tracked ...
+    assert client.list_artifacts(ids["run_id"]) == []  # ... without its files
+    assert client.list_artifacts(first["mlflow"]["run_id"])  # the first run's files are untouched

@@ -73,6 +73,7 @@ class MetricsLog:
         self.enabled = enabled
         self.lines = lines
         self.trackers = Trackers([], say)
+        self.upload_artifacts = tracking.artifacts if tracking is not None else True
         if not enabled:
             return
         truncate_metrics(layout.metrics, lines)
@@ -107,11 +108,12 @@ class MetricsLog:
         if numbers:
             self.trackers.log(numbers, record["step"])
 
-    def finish(self, layout: RunLayout, *, full: bool, artifacts: bool = True) -> None:
-        """A finished run: its files to the trackers that store them, then every tracking run ends."""
+    def finish(self, layout: RunLayout, *, full: bool) -> None:
+        """A finished run: its files to the trackers that store them (unless `tracking.artifacts`
+        is false), then every tracking run ends."""
         if not self.enabled:
             return
-        if artifacts:
+        if self.upload_artifacts:
             self.trackers.upload(layout, full=full)
         self.trackers.close("finished")
 
