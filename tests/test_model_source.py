@@ -3,6 +3,7 @@ server elsewhere can find it. Never a path on this machine."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,57 @@ def test_a_saved_adapter_names_its_base_portably(tmp_path: Path, tiny_model_dir:
     # peft reads it back.
     reloaded = models.load_adapter(models.load_base_model(source, device="cpu"), tmp_path / "adapter")
     assert reloaded.peft_config["default"].base_model_name_or_path == tiny_model_dir.name
+
+
+def test_a_recipe_hub_id_is_a_hub_id_or_a_usage_error(tmp_path: Path) -> None:
+    from lora_recipes.recipe.loader import load_recipe
+
+    recipe = Path(__file__).parent / "fixtures" / "train" / "tiny_sentiment.yaml"
+    loaded = load_recipe(recipe, ["model_parameters.hub_id=acme/tiny-mistral"])
+    assert loaded.recipe.model_parameters.hub_id == "acme/tiny-mistral"
+    with pytest.raises(UserError) as caught:
+        load_recipe(recipe, ["model_parameters.hub_id=/models/tiny"])
+    assert "model_parameters.hub_id" in str(caught.value) and "wrong form" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_a_trained_run_names_its_base_by_the_recipe_hub_id_and_records_where_it_came_from(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trained from a recipe in its own git repository while the working directory is elsewhere:
+    the adapter, its card and the manifest name the recipe's hub id; the manifest also keeps the
+    local folder and the recipe repository's commit."""
+    import shutil
+    import subprocess
+
+    from huggingface_hub import ModelCard
+
+    from lora_recipes.recipe.loader import load_recipe
+    from lora_recipes.training.train import TrainOptions, train
+    from test_train_support import RECIPE, write_reviews
+
+    repo = tmp_path / "repo"
+    (repo / "recipes").mkdir(parents=True)
+    recipe = repo / "recipes" / "tiny.yaml"
+    shutil.copy(RECIPE, recipe)
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "recipe"]):
+        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    reviews = write_reviews(tmp_path / "reviews.jsonl", rows=40)
+    sets = [f"base_model={tiny_model_dir}", "model_parameters.hub_id=acme/tiny-mistral", "trainer.train_steps=2"]
+    loaded = load_recipe(recipe, sets, str(reviews))
+    result = train(loaded, TrainOptions(run_dir=tmp_path / "run", stream=io.StringIO()))
+    assert result.finished
+    adapter = result.run_dir / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "acme/tiny-mistral"
+    assert ModelCard.load(str(adapter / "README.md")).data.to_dict()["base_model"] == "acme/tiny-mistral"
+    record = json.loads((result.run_dir / "manifest.json").read_text())
+    base = record["base_model"]
+    assert base["id"] == "acme/tiny-mistral" and "model_parameters.hub_id" in base["note"]
+    assert str(tiny_model_dir.resolve()) in base["loaded_from"]
+    assert base["dequantized"] is False and "location" not in base
+    assert record["git"]["commit"] == commit.stdout.strip() and record["git"]["recipe"] == "recipes/tiny.yaml"

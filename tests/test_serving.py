@@ -303,6 +303,10 @@ def test_module_checks_at_validate_time_follow_the_base(tmp_path: Path) -> None:
     assert [line.split(": ")[1] for line in gemma] == ["adapter.target_modules[1]"] * 2
     assert recipe_lines(write(tmp_path, extra + "serving: {targets: []}\n", base="google/gemma-2b")) == []
     assert recipe_lines(write(tmp_path, "adapter: {target_modules: [c_attn]}\n", base="./models/gpt2")) == []
+    # A local base's architecture is that of the hub model it was made from, when the recipe names it.
+    made_from_gemma = extra + "model_parameters: {hub_id: google/gemma-2b}\n"
+    local = recipe_lines(write(tmp_path, made_from_gemma, base="./models/my-gemma"))
+    assert [line.split(": ")[1] for line in local] == ["adapter.target_modules[1]"] * 2
 
 
 runner = CliRunner()

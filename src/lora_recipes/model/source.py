@@ -93,16 +93,15 @@ def load_options(loaded: LoadedRecipe) -> dict[str, Any]:
         "double_quant": q.bnb_4bit_use_double_quant,
         "compute_dtype": q.bnb_4bit_compute_dtype,
         "int8_threshold": q.llm_int8_threshold,
-        # The hub model a GGUF or local base was made from (`portable_base_id`); the recipe key is
-        # read only where the schema has it.
-        "hub_id": getattr(m, "hub_id", None),
+        # The hub model a GGUF or local base was made from (`portable_base_id`).
+        "hub_id": m.hub_id,
     }
 
 
 # -- the base model's portable name ------------------------------------------------------------
 
 # The recipe key that names the hub model a GGUF or local base was made from, when its metadata
-# does not say. (Not yet in the schema: `load_options` passes it through once it is.)
+# does not say.
 HUB_ID_KEY = "model_parameters.hub_id"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")

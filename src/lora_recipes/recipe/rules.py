@@ -338,7 +338,8 @@ def serving_findings(data: dict[str, Any]) -> list[Finding]:
         r=_get(data, ("adapter", "r"), int),
         target_modules=None if modules is None else [m for m in modules if isinstance(m, str)],
         bias=_get(data, ("adapter", "bias"), str),
-        base_model=_get(data, ("base_model",), str),
+        # the hub model a GGUF or local base was made from tells its architecture best
+        base_model=_get(data, ("model_parameters", "hub_id"), str) or _get(data, ("base_model",), str),
         targets=[t for t in targets if isinstance(t, str)],
     )
 

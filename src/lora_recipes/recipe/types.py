@@ -21,6 +21,7 @@ from typing import Any
 class ModelParameters:
     revision: str | None
     gguf_file: str | None
+    hub_id: str | None
     trust_remote_code: bool
     dtype: str
 

@@ -68,6 +68,8 @@ class Origin:
     model_location: str  # where it was loaded from
     command_line: tuple[str, ...]
     recipe_path: Path | None = None  # the recipe file: its git repository is recorded (not the current directory's)
+    # the base model's portable id, its hub revision and where it was loaded from (BaseIdentity.to_json)
+    base_identity: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def build_manifest(origin: Origin, device: Device) -> dict[str, Any]:
         "command_line": list(origin.command_line),
         "seed": origin.seed,
         "data_hashes": origin.split_hashes,
-        "base_model": {"recipe": origin.base_model, "loaded_from": origin.model_location},
+        "base_model": {"recipe": origin.base_model, "loaded_from": origin.model_location, **(origin.base_identity or {})},
         "libraries": library_versions(),
         "git": git_state(origin.recipe_path.resolve().parent, origin.recipe_path.resolve())
         if origin.recipe_path is not None

@@ -236,6 +236,7 @@ def train(loaded: LoadedRecipe, options: TrainOptions, *, build_data: DataBuilde
                     source.describe(),
                     options.command_line,
                     recipe_path=loaded.path,
+                    base_identity=_identity_json(model.model),
                 )
                 _write_run_files(session, planned, options, origin, state.step)
             logs = _open_logs(session, loaded, options, state, data, planned.cost_per_second)
@@ -769,6 +770,16 @@ def _check_same_data(run_dir: Path, recorded: dict[str, str], now: dict[str, str
             f"--resume {run_dir}: the data changed since the run started ({', '.join(changed)}, as {where} "
             "records it); resuming would not continue the same training. Restore the data or start a new run"
         )
+
+
+def _identity_json(model: Any) -> dict[str, Any] | None:
+    """The manifest's record of the base: its portable id and hub revision beside `loaded_from`."""
+    identity = models.base_identity(model)
+    if identity is None:
+        return None
+    record = identity.to_json()
+    record.pop("location")  # the manifest's `loaded_from` says it
+    return record
 
 
 def _write_run_files(
