@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -196,6 +197,22 @@ def test_a_damaged_cache_file_is_ignored_and_rewritten(tmp_path: Path, tiny_toke
     state, again = _prepared_state(tmp_path, tiny_tokenizer, prompt={"template": "Damaged? {text} ->"})
     assert state == "written" and again == first
     assert not list(cache.cache_dir().glob(".writing-*"))  # no temporary files left behind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask-022", "umask-077"])
+def test_cache_files_get_the_umask_s_mode(tmp_path: Path, tiny_tokenizer, own_cache: Path, umask: int) -> None:
+    """A cache shared by a team (LORA_RECIPES_CACHE on a common disk) is readable by the others
+    when the umask allows it, not 0600 as a temporary file starts."""
+    sentiment_folder(tmp_path, train=6, validation=2, test=0)
+    old = os.umask(umask)
+    try:
+        state, _ = _prepared_state(tmp_path, tiny_tokenizer, prompt={"template": f"Mode {umask:o}: {{text}} ->"})
+    finally:
+        os.umask(old)
+    assert state == "written"
+    (written,) = cache.cache_dir().glob("*.safetensors")
+    assert written.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 @pytest.mark.slow

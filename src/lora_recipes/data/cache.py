@@ -20,6 +20,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
+from lora_recipes.atomic import widen_to_umask
 from lora_recipes.data.types import TokenizedSplit
 from lora_recipes.paths import cache_root
 
@@ -78,6 +79,7 @@ def save(key: str, splits: list[TokenizedSplit], meta: dict[str, Any]) -> Path:
     os.close(fd)
     try:
         save_file(arrays, tmp, metadata=header)
+        widen_to_umask(Path(tmp))  # mkstemp's 0600 would keep the cache from a teammate sharing it
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
