@@ -49,6 +49,9 @@ def test_the_whole_library_validates() -> None:
     assert result.output.strip() == "31 recipes valid"
 
 
+VALIDATION_ROWS = 1000
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_recipe_plans_without_data(task: str) -> None:
     result = runner.invoke(app, ["plan", str(recipe_path(task)), "--no-data", "--format", "json"])
@@ -59,6 +62,11 @@ def test_recipe_plans_without_data(task: str) -> None:
     assert plan["estimate"]["hours"] > 0 and plan["estimate"]["cost_usd"] > 0, plan["estimate"]
     assert plan["max_length"] == plan["recipe"]["data"]["expected_tokens"]
     assert plan["warnings"] == []
+    # Validation stays a small share of the run: at most 1,000 rows each time, bounded where the
+    # split is larger (and not where the bound would change nothing).
+    bound = plan["recipe"]["trainer"]["validation_max_rows"]
+    assert plan["validation_rows"] <= VALIDATION_ROWS
+    assert (bound == VALIDATION_ROWS) == (plan["validation_split_rows"] > VALIDATION_ROWS), bound
 
 
 @pytest.mark.parametrize("task", TASKS)
