@@ -31,8 +31,8 @@ from lora_recipes.fleet.datamap import choose_data, root_candidates
 from lora_recipes.fleet.leaderboard import MISSING, collect, render_markdown, write_leaderboard
 from lora_recipes.fleet.local_backend import LocalBackend
 from lora_recipes.fleet.recipes import DataOptions, load_fleet
-from lora_recipes.fleet.serving import vllm_max_lora_rank
 from lora_recipes.fleet.state import FleetState, RecipeRecord, fleet_lock
+from lora_recipes.recipe.serving import vllm_rank_flag
 from lora_recipes.training.run_dir import lock_holder
 from test_imports import loaded_heavy_modules
 from test_train_support import RECIPE, adapter_tensors, assert_same_tensors, write_reviews
@@ -332,8 +332,8 @@ def assert_self_contained(page: str) -> None:
     assert "@import" not in page and "url(" not in page
 
 
-def test_vllm_max_lora_rank_is_the_smallest_allowed_value() -> None:
-    assert [vllm_max_lora_rank(r) for r in (1, 2, 8, 9, 16, 24, 300, 320, 512, 513)] == [
+def test_vllm_rank_flag_is_the_smallest_allowed_value() -> None:
+    assert [vllm_rank_flag(r) for r in (1, 2, 8, 9, 16, 24, 300, 320, 512, 513)] == [
         *(1, 8, 8, 16, 16, 32, 320, 320, 512, None),
     ]
 

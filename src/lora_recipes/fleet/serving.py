@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_recipes.model.source import PACKAGE_PREFIX
+from lora_recipes.recipe.serving import vllm_rank_flag
 
-VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values --max-lora-rank accepts
 VLLM_URL = "http://localhost:8000/v1"
 SERVED_EVAL_DIR = "eval-vllm"
 LORAX_IMAGE = "ghcr.io/predibase/lorax:main"
@@ -29,11 +29,6 @@ class ServedAdapter:
     rank: int | None
     recipe: Path  # the run's recipe.resolved.yaml
     run_dir: Path
-
-
-def vllm_max_lora_rank(rank: int) -> int | None:
-    """The smallest --max-lora-rank that serves `rank` (None: above vLLM's largest, 512)."""
-    return next((r for r in VLLM_RANKS if r >= rank), None)
 
 
 def server_base(recipe_base: str, adapter_base: str | None) -> str:
@@ -55,7 +50,7 @@ def serving_commands(adapters: Sequence[ServedAdapter], runs: Path) -> dict[str,
     for a in adapters:
         bases.setdefault(a.base_model, []).append(a)
     for base, group in bases.items():
-        servable = [a for a in group if a.rank is None or vllm_max_lora_rank(a.rank) is not None]
+        servable = [a for a in group if a.rank is None or vllm_rank_flag(a.rank) is not None]
         for a in group:
             if a not in servable:
                 out["vllm"].append(f"# {a.name}: rank {a.rank} is above vLLM's largest --max-lora-rank (512)")
@@ -64,7 +59,7 @@ def serving_commands(adapters: Sequence[ServedAdapter], runs: Path) -> dict[str,
             modules = " ".join(_q(f"{a.name}={a.adapter}") for a in servable)
             line = f"vllm serve {_q(base)} --enable-lora --lora-modules {modules}"
             if ranks:
-                line += f" --max-lora-rank {vllm_max_lora_rank(max(ranks))}"
+                line += f" --max-lora-rank {vllm_rank_flag(max(ranks))}"
             out["vllm"].append(f"{line} --max-loras {len(servable)}")
         out["lorax"].append(
             f"docker run --gpus all --shm-size 1g -p 8080:80 -v {_q(runs)}:/runs {LORAX_IMAGE} --model-id {_q(base)}"

@@ -85,7 +85,11 @@ def build_manifest(origin: Origin, device: Device) -> dict[str, Any]:
         "command_line": list(origin.command_line),
         "seed": origin.seed,
         "data_hashes": origin.split_hashes,
-        "base_model": {"recipe": origin.base_model, "loaded_from": origin.model_location, **(origin.base_identity or {})},
+        "base_model": {
+            "recipe": origin.base_model,
+            "loaded_from": origin.model_location,
+            **(origin.base_identity or {}),
+        },
         "libraries": library_versions(),
         "git": git_state(origin.recipe_path.resolve().parent, origin.recipe_path.resolve())
         if origin.recipe_path is not None

@@ -30,6 +30,7 @@ import yaml
 
 from lora_recipes.atomic import write_text_atomic
 from lora_recipes.model.source import looks_like_hub_id
+from lora_recipes.recipe.serving import VLLM_DEFAULT_MAX_LORA_RANK, vllm_rank_flag
 from lora_recipes.training.run_dir import RunLayout
 
 if TYPE_CHECKING:
@@ -39,9 +40,6 @@ if TYPE_CHECKING:
 CARD_FILE = "README.md"
 EVALUATION_START = "<!-- lora-recipes:evaluation -->"
 EVALUATION_END = "<!-- /lora-recipes:evaluation -->"
-# vLLM's --max-lora-rank accepts these values (16 by default).
-VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-VLLM_DEFAULT_RANK = 16
 _FRONT = re.compile(r"\A---[ \t]*\n(.*?\n)?---[ \t]*(?:\n|\Z)", re.DOTALL)
 
 
@@ -253,11 +251,6 @@ def _value(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
-def vllm_max_lora_rank(r: int) -> int:
-    """The smallest `--max-lora-rank` vLLM accepts that holds rank `r`."""
-    return next((v for v in VLLM_RANKS if v >= r), r)
-
-
 def _example_prompt(recipe: Mapping[str, Any]) -> str:
     template = str(recipe.get("prompt", {}).get("template", ""))
     return template.replace("{{", "\0").replace("}}", "\1").replace("\0", "{").replace("\1", "}")
@@ -452,7 +445,7 @@ def _usage_section(facts: CardFacts, merged: ExportInfo | None) -> list[str]:
             "vLLM: `vllm serve path/to/this/folder`; LoRAX: `lorax-launcher --model-id path/to/this/folder`.",
         ]
     q = recipe.get("quantization", {})
-    r = int(facts.adapter_config.get("r") or recipe.get("adapter", {}).get("r") or VLLM_DEFAULT_RANK)
+    r = int(facts.adapter_config.get("r") or recipe.get("adapter", {}).get("r") or VLLM_DEFAULT_MAX_LORA_RANK)
     peft_lines = ["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer"]
     load_args = '"path/to/adapter"'
     if q.get("bits") == 4:
@@ -479,7 +472,9 @@ def _usage_section(facts: CardFacts, merged: ExportInfo | None) -> list[str]:
         f"output = model.generate(**inputs, max_new_tokens={max_new}, do_sample=False)",
         "print(tokenizer.decode(output[0][inputs.input_ids.shape[1]:], skip_special_tokens=True))",
     ]
-    rank_flag = f" --max-lora-rank {vllm_max_lora_rank(r)}" if r > VLLM_DEFAULT_RANK else ""
+    # above vLLM's largest rank (512) the serving checks already said it cannot serve the adapter
+    flag = vllm_rank_flag(r) if r > VLLM_DEFAULT_MAX_LORA_RANK else None
+    rank_flag = f" --max-lora-rank {flag}" if flag is not None else ""
     vllm = (
         f"vllm serve {base} --enable-lora{rank_flag} --lora-modules {name}=path/to/adapter\n"
         "curl http://localhost:8000/v1/completions -H 'Content-Type: application/json' \\\n"
