@@ -305,4 +305,5 @@ def test_a_trained_run_names_its_base_by_the_recipe_hub_id_and_records_where_it_
     assert base["id"] == "acme/tiny-mistral" and "model_parameters.hub_id" in base["note"]
     assert str(tiny_model_dir.resolve()) in base["loaded_from"]
     assert base["dequantized"] is False and "location" not in base
+    assert set(record["precision"]) == {"weights", "compute", "mixed_precision", "notes"}
     assert record["git"]["commit"] == commit.stdout.strip() and record["git"]["recipe"] == "recipes/tiny.yaml"

@@ -119,6 +119,20 @@ def test_card_metadata_parses_with_huggingface_hub(tmp_path: Path) -> None:
     assert "--max-lora-rank 64" in text  # vLLM refuses rank 64 with its default 16
     assert "AutoPeftModelForCausalLM" in text and "ghcr.io/predibase/lorax" in text
     assert "- peft 0.21.2" in text
+    description = load_recipe(SST2).recipe.description
+    assert description and " ".join(description.split()[:12]) in " ".join(text.split())
+    assert "| base weights | 4-bit nf4, double quantization, bfloat16 compute |" in text
+
+
+def test_card_says_the_compute_type_the_device_used(tmp_path: Path) -> None:
+    """On a CPU without bfloat16 instructions the run computed in float32: the card says so."""
+    run = fake_run(tmp_path / "run")
+    layout = RunLayout(run)
+    record = json.loads(layout.manifest.read_text())
+    record["precision"] = {"weights": "float32", "compute": "float32", "mixed_precision": "no", "notes": []}
+    layout.manifest.write_text(json.dumps(record))
+    text = ModelCard.load(str(model_card.write_run_card(run, cost=COST))).text
+    assert "| base weights | 4-bit nf4, double quantization, bfloat16 compute (float32 on the device it was " in text
 
 
 def test_card_leaves_out_what_the_recipe_does_not_have(tmp_path: Path) -> None:

@@ -70,6 +70,8 @@ class Origin:
     recipe_path: Path | None = None  # the recipe file: its git repository is recorded (not the current directory's)
     # the base model's portable id, its hub revision and where it was loaded from (BaseIdentity.to_json)
     base_identity: dict[str, Any] | None = None
+    # the data types used on the device (model.loading.Precision): weights, compute, autocast, notes
+    precision: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,5 +98,6 @@ def build_manifest(origin: Origin, device: Device) -> dict[str, Any]:
         else git_state(Path.cwd()),
         "host": {"name": socket.gethostname(), "platform": platform.platform(), "python": sys.executable},
         "device": {"type": device.type, "name": device.name, "processes": device.processes},
+        "precision": origin.precision,
         "sessions": [],
     }

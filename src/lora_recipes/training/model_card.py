@@ -62,6 +62,7 @@ class CardFacts:
     cost: Mapping[str, Any] | None = None  # the cost report
     libraries: Mapping[str, Any] = field(default_factory=dict)
     git: Mapping[str, Any] | None = None
+    compute_dtype: str | None = None  # what 4-bit weights were de-quantized to in training (manifest.json)
 
 
 # -- reading and writing a card ----------------------------------------------------------------------
@@ -179,6 +180,7 @@ def run_facts(run_dir: Path, *, cost: Mapping[str, Any] | None = None) -> CardFa
         cost=cost if isinstance(cost, dict) else None,
         libraries=manifest.get("libraries") or {},
         git=manifest.get("git"),
+        compute_dtype=(manifest.get("precision") or {}).get("compute"),
     )
 
 
@@ -330,7 +332,10 @@ def _training_section(facts: CardFacts) -> list[str]:
         quant = f"4-bit {q.get('bnb_4bit_quant_type')}" + (
             ", double quantization" if q.get("bnb_4bit_use_double_quant") else ""
         )
-        quant += f", {q.get('bnb_4bit_compute_dtype')} compute"
+        asked = q.get("bnb_4bit_compute_dtype")
+        quant += f", {asked} compute"
+        if facts.compute_dtype not in (None, asked):  # a CPU without bfloat16, a GPU before Ampere
+            quant += f" ({facts.compute_dtype} on the device it was trained on)"
     elif q.get("bits") == 8:
         quant = "8-bit"
     pairs: list[tuple[str, Any]] = []

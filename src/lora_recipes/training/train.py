@@ -35,7 +35,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
@@ -237,6 +237,7 @@ def train(loaded: LoadedRecipe, options: TrainOptions, *, build_data: DataBuilde
                     options.command_line,
                     recipe_path=loaded.path,
                     base_identity=_identity_json(model.model),
+                    precision=asdict(precision),
                 )
                 _write_run_files(session, planned, options, origin, state.step)
             logs = _open_logs(session, loaded, options, state, data, planned.cost_per_second)
