@@ -14,7 +14,9 @@ about 150 tokens, cut at 600) and a short answer, like LoRA Land's classificatio
 
 Needs torch with CUDA, bitsandbytes with its CUDA kernels, transformers, peft and accelerate, and
 about 30 GB of free disk for the 14.5 GB model folder (--workdir, reusable: the model is built once
-and both sides train into folders they empty first). Both sides' step clocks wait for the GPU
+and both sides train into folders they empty first). Building it takes every weight in bfloat16 on
+the GPU at once (2 bytes a parameter, 14.5 GB at 32 layers, plus about 1 GiB beside them): a GPU
+with less memory than that (a 16 GB T4 at 32 layers) is refused before building (exit code 2). Both sides' step clocks wait for the GPU
 (torch.cuda.synchronize) at the end of every optimizer step before reading the time. Beside each
 side's peak memory, allocated (torch.cuda.max_memory_allocated) and reserved
 (torch.cuda.max_memory_reserved), and its tokens/s, the table shows what lora-recipes' estimate
@@ -68,10 +70,27 @@ TINY = {
     "num_key_value_heads": 2,
 }
 PAD_ID = 3  # <pad> of the tokenizer make_tokenizer trains
+BUILD_OVERHEAD_BYTES = 2**30  # beside the weights while building: CUDA context, allocator rounding
+MEMORY_SHARE = 0.95  # of the GPU's memory that building may take
 
 
 def model_shape(args: argparse.Namespace) -> dict[str, Any]:
     return {**MISTRAL_7B, **(TINY if args.tiny else {}), "num_hidden_layers": args.layers}
+
+
+def model_folder(workdir: Path, layers: int, tiny: bool = False) -> Path:
+    """Where the random model of `layers` layers is built (and found again) in `workdir`."""
+    return workdir / f"mistral-7b-random-{layers}l{'-tiny' if tiny else ''}"
+
+
+def build_memory(shape: dict[str, Any]) -> int:
+    """Bytes of GPU memory building the random model takes: every weight in bfloat16 at once (it is
+    made whole on the GPU, before any quantization), plus BUILD_OVERHEAD_BYTES."""
+    from lora_recipes.model.architectures import from_config
+
+    arch = from_config(shape, "bench")
+    assert arch is not None
+    return 2 * arch.total_params + BUILD_OVERHEAD_BYTES
 
 
 def build_random_model(folder: Path, shape: dict[str, Any], device: str = "cuda") -> None:
@@ -225,9 +244,19 @@ def main() -> int:
     shape = model_shape(args)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = work / f"mistral-7b-random-{args.layers}l{'-tiny' if args.tiny else ''}"
+    model_dir = model_folder(work, args.layers, args.tiny)
     started = time.perf_counter()
     if not (model_dir / "config.json").is_file():
+        if args.device == "cuda":
+            need, memory = build_memory(shape), torch.cuda.get_device_properties(0).total_memory
+            if need > MEMORY_SHARE * memory:
+                print(
+                    f"building the random model ({args.layers} layers) in bfloat16 on the GPU needs about "
+                    f"{need / 2**30:.1f} GiB, more than {MEMORY_SHARE:.0%} of this GPU's {memory / 2**30:.1f} GiB; "
+                    "use fewer --layers or a GPU with more memory",
+                    file=sys.stderr,
+                )
+                return 2
         build_random_model(model_dir, shape, args.device)
     print(f"random model ready in {time.perf_counter() - started:.0f} s: {model_dir}", file=sys.stderr)
     loaded = load_recipe(write_recipe(work / "recipe.yaml", model_dir, args))

@@ -12,25 +12,40 @@ What it checks, in this order (each a row of the table; `skipped` where the devi
    precision lora-recipes picks from the capability (bf16 from 8.0 on, else fp16 + loss scaling);
 2. a tiny random Mistral in 4-bit NF4 trained 20 steps with `lora-recipes train` (gradient
    checkpointing on; on CUDA the paged_adamw_8bit optimizer), then again stopped at step 8 and
-   continued with `--resume`: the 20 losses and the validation losses equal the straight run's
-   (exactly on a CPU; within 1e-2 relative on CUDA, whose kernels may sum in another order);
-   the gradient norm is above zero at every step of both;
+   continued with `--resume`: the 20 losses, the validation losses and the gradient norms equal
+   the straight run's (exactly on a CPU; within 1e-5 relative on CUDA, where the training runs use
+   deterministic kernels: see DETERMINISTIC_TRAIN); the gradient norm is above zero at every step
+   of both (below compute capability 8.0, where the runs take fp16 with loss scaling, a step the
+   GradScaler skips has no norm and is counted, not failed);
 3. bitsandbytes' paged optimizers page a 200,000-element tensor's state and not a 32,768-element one
    (the threshold trainer.optimizer.type's description gives); CUDA only;
-4. one batch through the trained adapter with and without the logits mask (the LM head only where
+4. fp16 with loss scaling (a GradScaler), the path `auto` takes on T4 and V100, on any CUDA GPU: the
+   tiny 4-bit model with `model_parameters.dtype` and `quantization.bnb_4bit_compute_dtype` float16
+   trained 6 steps straight, and stopped at step 3 and resumed (every loss finite, every recorded
+   gradient norm above zero, the resumed run equal to the straight one: the loss scale is in the
+   checkpoint), and a 4-step full fine-tuning (`adapter.type: none`, `quantization.bits: null`) in
+   float16, which fails if the GradScaler meets float16 gradients ("Attempting to unscale FP16
+   gradients"); CUDA only;
+5. one batch through the trained adapter with and without the logits mask (the LM head only where
    the loss is): loss and gradient norm agree within 1e-3 relative;
-5. `lora-recipes evaluate` in generate and rank modes at batch sizes 1 and 16: the same
+6. `lora-recipes evaluate` in generate and rank modes at batch sizes 1 and 16: the same
    predictions at both batch sizes;
-6. scripts/bench_gpu.py on the Mistral-7B shape with random weights, 8 layers, at batch sizes 8
+7. scripts/bench_gpu.py on the Mistral-7B shape with random weights, 8 layers, at batch sizes 8
    and 1, against HF Trainer + PEFT, with peak allocated and reserved memory beside the estimate;
-   then all 32 layers at the same batch sizes while the time budget (--budget) allows; a size
-   whose estimated peak memory exceeds the GPU's is skipped. CUDA only (tests/test_scripts.py runs
-   bench_gpu's code path on a CPU at toy width and reads its JSON with `describe_bench`).
+   then all 32 layers at the same batch sizes while the time budget (--budget) allows. A size is
+   skipped when its estimated peak memory exceeds 95% of the GPU's: the larger of the 4-bit
+   training estimate and, while its model folder is not built yet, building the random model
+   (every weight in bfloat16 on the GPU, before quantization; 14.5 GB at 32 layers, so a 16 GB
+   T4 skips 32 layers). CUDA only (tests/test_scripts.py runs bench_gpu's code path on a CPU at
+   toy width and reads its JSON with `describe_bench`).
 
 On a CPU the CUDA steps are marked skipped and the rest run as on a GPU (the test suite runs it with
 --steps 4 --stop-at 2 to stay near two minutes).
 
-Training and evaluation run as users run them: `python -m lora_recipes ...` in subprocesses.
+Training and evaluation run as users run them: `python -m lora_recipes ...` in subprocesses (on
+CUDA, training through DETERMINISTIC_TRAIN, which sets torch's deterministic mode first).
+The script runs from a checkout without installing lora-recipes (it puts src/ on the path when the
+package is not installed), given torch, transformers, peft, bitsandbytes and accelerate.
 Writes the table and every figure as JSON (--json; default $OUT/gpu_check.json when OUT is set,
 else WORKDIR/gpu_check.json) and bench_gpu's own JSON files beside it.
 """
@@ -46,6 +61,7 @@ import math
 import os
 import platform
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -61,9 +77,46 @@ SCRIPTS = ROOT / "scripts"
 SRC_ON_PATH = importlib.util.find_spec("lora_recipes") is None  # a bare checkout on a lent GPU machine
 if SRC_ON_PATH:
     sys.path.insert(0, str(ROOT / "src"))
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))  # bench_gpu: its shapes and memory need
 
 STEPS, STOP_AT = 20, 8  # --steps, --stop-at (fewer for the test suite's CPU run)
 EVAL_BATCH_SIZES = (1, 16)
+FP16_STEPS, FP16_STOP_AT, FULL_STEPS = 6, 3, 4  # the fp16 checks' runs (check 4)
+MEMORY_SHARE = 0.95  # of the GPU's memory an estimated peak may take before a bench size is skipped
+
+# Resume on CUDA: the losses, validation losses and gradient norms of the stopped-and-resumed run
+# against the straight run's. On a CPU they are equal to the bit. On CUDA the training runs go
+# through this launcher, which makes torch's own kernels deterministic: cuBLAS with a fixed
+# workspace (CUBLAS_WORKSPACE_CONFIG, set in Work), torch's deterministic mode, and the math
+# attention kernel, since with warn_only torch leaves the flash and memory-efficient attention
+# backward passes non-deterministic (they add partial gradients with atomics). warn_only keeps a run
+# going through an op that has no deterministic version; torch then warns, and the check's detail
+# names the op. bitsandbytes' kernels on this path (4-bit dequantization before a cuBLAS matmul, the
+# 8-bit paged optimizer's block-wise update) are outside torch's switch and are expected, not yet
+# shown, to repeat to the bit. With every kernel deterministic the two runs agree to the bit; 1e-5
+# relative is a margin for rounding only, where the 1e-2 allowed before covered sums in an
+# undetermined order. If a GPU run exceeds it, the detail names the largest differences (losses and
+# gradient norms) and the ops torch warned about: a bitsandbytes kernel is the suspect when torch
+# warned of none. Below compute capability 8.0 the runs take fp16 with loss scaling; the
+# GradScaler's scale is in the checkpoint, so a resumed run skips the steps the straight run
+# skipped, and those steps (no gradient norm) must match too. Uninitialised memory is left as it
+# is outside deterministic mode (not filled with NaN).
+DETERMINISTIC_TRAIN = "\n".join(
+    (
+        "import runpy, torch, torch.utils.deterministic",
+        "torch.use_deterministic_algorithms(True, warn_only=True)",
+        "torch.utils.deterministic.fill_uninitialized_memory = False",
+        "torch.backends.cuda.enable_flash_sdp(False)",
+        "torch.backends.cuda.enable_mem_efficient_sdp(False)",
+        "torch.backends.cuda.enable_cudnn_sdp(False)",
+        "runpy.run_module('lora_recipes', run_name='__main__', alter_sys=True)",
+    )
+)
+RESUME_TOLERANCE_CUDA = 1e-5
+NONDETERMINISTIC = re.compile(
+    r"Warning: (.{1,80}?) (?:does not have a deterministic implementation|defaults to a non-deterministic algorithm)"
+)
 WORDS = ("the", "movie", "was", "great", "and", "wonderful", "a", "dull", "lifeless", "film", "with", "no", "wit")
 
 
@@ -133,16 +186,32 @@ class Work:
         self.env = {**os.environ, "LORA_RECIPES_CACHE": str(root / "cache")}
         if SRC_ON_PATH:
             self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+        if device == "cuda":
+            self.env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # cuBLAS's deterministic setting (DETERMINISTIC_TRAIN)
+        self.nondeterministic: set[str] = set()  # ops torch warned about in training runs
 
-    def run(self, command: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, command: list[str], timeout: float = 600, name: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `command`; a failure is a CheckFailed naming it (`name`, else its first arguments)."""
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=self.env, cwd=self.root)
         if done.returncode != 0:
             tail = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()][-3:]
-            raise CheckFailed(f"{' '.join(command[1:4])} ... exited {done.returncode}: {' / '.join(tail)[-600:]}")
+            what = name or f"{' '.join(command[1:4])} ..."
+            raise CheckFailed(f"{what} exited {done.returncode}: {' / '.join(tail)[-600:]}")
         return done
 
     def lora_recipes(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run([sys.executable, "-m", "lora_recipes", *args])
+
+    def train(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`lora-recipes train ARGS`; on CUDA with deterministic kernels (DETERMINISTIC_TRAIN)."""
+        if self.device != "cuda":
+            return self.lora_recipes("train", *args)
+        command = [sys.executable, "-c", DETERMINISTIC_TRAIN, "train", *args]
+        done = self.run(command, name=f"-m lora_recipes train {' '.join(args[:2])} ... (deterministic)")
+        self.nondeterministic.update(NONDETERMINISTIC.findall(done.stderr))
+        return done
 
 
 def write_task(work: Path, device: str, optimizer: str, steps: int) -> Path:
@@ -192,10 +261,18 @@ def metrics(run_dir: Path, event: str) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, lines) if r.get("event") == event]
 
 
-def max_relative_difference(a: list[float], b: list[float]) -> float:
+def max_relative_difference(a: list[float | None], b: list[float | None]) -> float:
+    """The largest relative difference of two series; None (a step fp16 loss scaling skipped, which
+    has no gradient norm) equals only None."""
     if len(a) != len(b):
         return math.inf
-    return max((abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True)), default=0.0)
+
+    def difference(x: float | None, y: float | None) -> float:
+        if x is None or y is None:
+            return 0.0 if x is y else math.inf
+        return abs(x - y) / max(abs(y), 1e-12)
+
+    return max((difference(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
 
 
 # -- the checks ------------------------------------------------------------------------------------
@@ -244,14 +321,17 @@ def environment(checks: Checks, device: str) -> tuple[int, int] | None:
     return capability
 
 
-def train_and_resume(checks: Checks, work: Work, recipe: Path, steps: int, stop_at: int) -> Path | None:
-    """The straight run, the stopped-and-resumed run, and their losses and gradient norms."""
+def train_and_resume(
+    checks: Checks, work: Work, recipe: Path, steps: int, stop_at: int, *, scaled: bool = False
+) -> Path | None:
+    """The straight run, the stopped-and-resumed run, and their losses and gradient norms
+    (`scaled`: the runs take fp16 with loss scaling, whose skipped steps have no gradient norm)."""
     straight, stopped = work.root / "runs" / "straight", work.root / "runs" / "stopped"
     optimizer = json.loads(recipe.read_text())["trainer"]["optimizer"]["type"]
     what = f"4-bit NF4, gradient checkpointing, {optimizer}"
 
     def train_straight() -> str:
-        work.lora_recipes("train", str(recipe), "--run-dir", str(straight), "--overwrite")
+        work.train(str(recipe), "--run-dir", str(straight), "--overwrite")
         report = json.loads((straight / "cost_report.json").read_text())
         losses = [r["loss"] for r in metrics(straight, "train")]
         if report["steps"] != steps or len(losses) != steps:
@@ -265,29 +345,49 @@ def train_and_resume(checks: Checks, work: Work, recipe: Path, steps: int, stop_
         return None
 
     def stop_and_resume() -> str:
-        first = work.lora_recipes(
-            "train", str(recipe), "--run-dir", str(stopped), "--overwrite", "--stop-at-step", str(stop_at)
-        )
+        first = work.train(str(recipe), "--run-dir", str(stopped), "--overwrite", "--stop-at-step", str(stop_at))
         if f"stopped at step {stop_at}" not in first.stdout + first.stderr:
             raise CheckFailed(f"--stop-at-step {stop_at} did not stop there")
-        work.lora_recipes("train", "--resume", str(stopped))
-        tolerance = 0.0 if work.device == "cpu" else 1e-2
-        a, b = [r["loss"] for r in metrics(stopped, "train")], [r["loss"] for r in metrics(straight, "train")]
-        va = [r["validation_loss"] for r in metrics(stopped, "validation")]
-        vb = [r["validation_loss"] for r in metrics(straight, "validation")]
-        worst = max(max_relative_difference(a, b), max_relative_difference(va, vb))
-        if worst > tolerance or len(a) != steps:
-            raise CheckFailed(f"{len(a)} losses; largest relative difference {worst:.2e} (allowed {tolerance:g})")
-        return f"stopped at {stop_at}, resumed to {steps}: losses equal (largest relative difference {worst:.1e})"
+        work.train("--resume", str(stopped))
+        tolerance = 0.0 if work.device == "cpu" else RESUME_TOLERANCE_CUDA
+        resumed, plain = metrics(stopped, "train"), metrics(straight, "train")
+        differences = {
+            "loss": max_relative_difference([r["loss"] for r in resumed], [r["loss"] for r in plain]),
+            "gradient norm": max_relative_difference(
+                [r.get("grad_norm") for r in resumed], [r.get("grad_norm") for r in plain]
+            ),
+            "validation loss": max_relative_difference(
+                [r["validation_loss"] for r in metrics(stopped, "validation")],
+                [r["validation_loss"] for r in metrics(straight, "validation")],
+            ),
+        }
+        worst = max(differences.values())
+        if worst > tolerance or len(resumed) != steps:
+            each = ", ".join(f"{name} {value:.2e}" for name, value in differences.items())
+            warned = sorted(work.nondeterministic)
+            why = f"; torch warned of non-deterministic kernels: {', '.join(warned)}" if warned else ""
+            raise CheckFailed(
+                f"{len(resumed)} losses; largest relative differences {each} (allowed {tolerance:g}){why}"
+            )
+        return (
+            f"stopped at {stop_at}, resumed to {steps}: losses, validation losses and gradient norms equal "
+            f"(largest relative difference {worst:.1e})"
+        )
 
     checks.run(f"stop at step {stop_at} and --resume: same losses", stop_and_resume)
 
     def grad_norms() -> str:
-        norms = [r["grad_norm"] for run in (straight, stopped) if run.is_dir() for r in metrics(run, "train")]
+        recorded = [r.get("grad_norm") for run in (straight, stopped) if run.is_dir() for r in metrics(run, "train")]
+        norms = [n for n in recorded if n is not None]
+        skipped = len(recorded) - len(norms)  # null: a step fp16 loss scaling skipped (an overflow)
         bad = [n for n in norms if not (math.isfinite(n) and n > 0)]
-        if bad or not norms:
-            raise CheckFailed(f"{len(bad)} of {len(norms)} steps have a gradient norm that is 0 or not finite")
-        return f"{len(norms)} steps, smallest {min(norms):.3g}"
+        if bad or not norms or (skipped and not scaled):
+            raise CheckFailed(
+                f"{len(bad)} of {len(recorded)} steps have a gradient norm that is 0 or not finite"
+                + (f", {skipped} have none" if skipped else "")
+            )
+        skips = f"; {skipped} skipped by loss scaling" if skipped else ""
+        return f"{len(norms)} steps, smallest {min(norms):.3g}{skips}"
 
     checks.run("gradient norm above zero every step", grad_norms)
     return straight
@@ -324,6 +424,83 @@ def paged_optimizer(checks: Checks, device: str) -> None:
         return f"{' and '.join(found)} (bitsandbytes {bnb_version}): 200,000 elements paged, 32,768 not"
 
     checks.run(name, paged)
+
+
+def fp16_loss_scaling(checks: Checks, work: Work, recipe: Path) -> None:
+    """fp16 with a GradScaler, the path `auto` takes below compute capability 8.0 (T4, V100), asked
+    for explicitly so that any CUDA GPU runs it: 4-bit LoRA stopped and resumed, and full
+    fine-tuning, whose float16 weights a GradScaler could not unscale (they are kept in float32)."""
+    lora = f"fp16 and loss scaling, 4-bit LoRA: {FP16_STEPS} steps straight, and stopped at {FP16_STOP_AT} and resumed"
+    full = f"fp16 and loss scaling, full fine-tuning (adapter.type none, {FULL_STEPS} steps)"
+    if work.device != "cuda":
+        checks.skip(lora, "no CUDA GPU")
+        checks.skip(full, "no CUDA GPU")
+        return
+
+    def sets(*values: str) -> list[str]:
+        return [arg for value in values for arg in ("--set", value)]
+
+    def finite_run(run: Path, steps: int) -> tuple[list[float], list[float], int]:
+        """The run's losses and recorded gradient norms (a step the GradScaler skips has none),
+        with every loss finite and every recorded norm above zero."""
+        rows = metrics(run, "train")
+        losses = [r["loss"] for r in rows] + [r["validation_loss"] for r in metrics(run, "validation")]
+        recorded = [r.get("grad_norm") for r in rows]
+        norms = [n for n in recorded if n is not None]
+        if len(rows) != steps or not all(math.isfinite(x) for x in losses):
+            raise CheckFailed(f"{len(rows)} steps of {steps}; losses {', '.join(f'{x:.4g}' for x in losses)}")
+        if not norms or not all(math.isfinite(n) and n > 0 for n in norms):
+            raise CheckFailed(f"gradient norms {recorded}: none recorded, or one 0 or not finite")
+        return [r["loss"] for r in rows], norms, len(recorded) - len(norms)
+
+    def skipped(count: int) -> str:
+        return f", {count} step{'s' if count != 1 else ''} skipped by loss scaling" if count else ""
+
+    def lora_fp16() -> str:
+        straight, run = work.root / "runs" / "fp16-straight", work.root / "runs" / "fp16-lora"
+        values = ("model_parameters.dtype=float16", "quantization.bnb_4bit_compute_dtype=float16")
+        args = [str(recipe), *sets(*values, f"trainer.train_steps={FP16_STEPS}")]
+        work.train(*args, "--run-dir", str(straight), "--overwrite")
+        first = work.train(*args, "--run-dir", str(run), "--overwrite", "--stop-at-step", str(FP16_STOP_AT))
+        said = first.stdout + first.stderr
+        if f"stopped at step {FP16_STOP_AT}" not in said or "float16 compute" not in said:
+            raise CheckFailed(f"not stopped at step {FP16_STOP_AT} in float16: {said.strip().splitlines()[-3:]}")
+        work.train("--resume", str(run))
+        losses, norms, skips = finite_run(run, FP16_STEPS)
+        # The loss scale is checkpointed: the resumed run skips the steps the straight one skipped.
+        resumed, plain = metrics(run, "train"), metrics(straight, "train")
+        worst = max(
+            max_relative_difference([r["loss"] for r in resumed], [r["loss"] for r in plain]),
+            max_relative_difference([r.get("grad_norm") for r in resumed], [r.get("grad_norm") for r in plain]),
+        )
+        if worst > RESUME_TOLERANCE_CUDA:
+            raise CheckFailed(
+                f"resumed and straight runs differ: largest relative difference {worst:.2e} "
+                f"(allowed {RESUME_TOLERANCE_CUDA:g}); grad norms {[r.get('grad_norm') for r in resumed]} "
+                f"against {[r.get('grad_norm') for r in plain]}"
+            )
+        return (
+            f"float16 weights and 4-bit compute: loss {losses[0]:.4f} -> {losses[-1]:.4f}, all finite; "
+            f"gradient norm above zero at {len(norms)} steps{skipped(skips)}; resumed = straight "
+            f"(largest relative difference {worst:.1e})"
+        )
+
+    def full_fp16() -> str:
+        run = work.root / "runs" / "fp16-full"
+        values = ("adapter.type=none", "quantization.bits=null", "model_parameters.dtype=float16")
+        done = work.train(
+            str(recipe), *sets(*values, f"trainer.train_steps={FULL_STEPS}"), "--run-dir", str(run), "--overwrite"
+        )
+        if "kept in float32" not in done.stdout + done.stderr:  # resolve_precision's note for this case
+            raise CheckFailed("no note that the float16 weights are kept in float32 for loss scaling")
+        losses, norms, skips = finite_run(run, FULL_STEPS)
+        return (
+            f"float32 master weights, float16 autocast: loss {losses[0]:.4f} -> {losses[-1]:.4f}, all finite; "
+            f"gradient norm above zero at {len(norms)} steps{skipped(skips)}"
+        )
+
+    checks.run(lora, lora_fp16)
+    checks.run(full, full_fp16)  # "Attempting to unscale FP16 gradients" would end the run: its tail is the detail
 
 
 def logits_mask(checks: Checks, work: Work, recipe: Path, run_dir: Path) -> None:
@@ -373,7 +550,7 @@ def logits_mask(checks: Checks, work: Work, recipe: Path, run_dir: Path) -> None
                 loss = token_loss_sum(model, inputs, mask)
             loss.backward()
             norm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params if p.grad is not None]))
-            results.append((float(loss), float(norm)))
+            results.append((float(loss.detach()), float(norm)))
         (loss_masked, grad_masked), (loss_full, grad_full) = results
         loss_diff = abs(loss_masked - loss_full) / max(abs(loss_full), 1e-12)
         grad_diff = abs(grad_masked - grad_full) / max(abs(grad_full), 1e-12)
@@ -434,13 +611,30 @@ def bench(checks: Checks, work: Work, budget: float, json_dir: Path) -> None:
                 if checks.elapsed() + guess > budget:
                     checks.skip(name, f"the time budget ({budget:.0f} s) would run out (about {guess:.0f} s needed)")
                     continue
-            need = bench_estimate(layers, batch)
-            if need > 0.95 * memory:
-                checks.skip(name, f"estimated peak {need / 2**30:.1f} GiB > this GPU's {memory / 2**30:.0f} GiB")
+            too_big = memory_shortfall(work.root / "bench", layers, batch, memory)
+            if too_big:
+                checks.skip(name, too_big)
                 continue
             start = time.monotonic()
             checks.run(name, functools.partial(bench_once, work, json_dir, layers=layers, batch=batch))
             timings[(layers, batch)] = time.monotonic() - start
+
+
+def memory_shortfall(workdir: Path, layers: int, batch: int, memory: int) -> str | None:
+    """Why a bench size does not fit a GPU of `memory` bytes, or None when it fits: the 4-bit
+    training estimate and, while the random model is not built in `workdir`, building it (whole,
+    in bfloat16, on the GPU) each within MEMORY_SHARE of the memory."""
+    from bench_gpu import MISTRAL_7B, build_memory, model_folder
+
+    train = bench_estimate(layers, batch)
+    built = (model_folder(workdir, layers) / "config.json").is_file()
+    build = 0 if built else build_memory({**MISTRAL_7B, "num_hidden_layers": layers})
+    if max(train, build) <= MEMORY_SHARE * memory:
+        return None
+    parts = f"4-bit training {train / 2**30:.1f} GiB" + (
+        f", building in bfloat16 {build / 2**30:.1f} GiB" if build else ""
+    )
+    return f"estimated peak {max(train, build) / 2**30:.1f} GiB ({parts}) > {MEMORY_SHARE:.0%} of this GPU's {memory / 2**30:.1f} GiB"
 
 
 def bench_estimate(layers: int, batch: int, max_length: int = 600) -> int:
@@ -505,7 +699,6 @@ def main() -> int:
         Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else root / "gpu_check.json"
     )
     output.parent.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(SCRIPTS))  # bench_gpu's shapes
     os.environ["LORA_RECIPES_CACHE"] = str(root / "cache")
 
     checks = Checks()
@@ -517,8 +710,12 @@ def main() -> int:
     recipe = write_task(root, device, optimizer, args.steps)
     if device != "cuda":
         checks.skip("training with the paged optimizer (paged_adamw_8bit)", "no CUDA GPU: adamw instead")
-    run_dir = train_and_resume(checks, work, recipe, args.steps, args.stop_at)
+    from lora_recipes.model.loading import BF16_CAPABILITY
+
+    scaled = capability is not None and capability < BF16_CAPABILITY  # auto takes fp16 with loss scaling
+    run_dir = train_and_resume(checks, work, recipe, args.steps, args.stop_at, scaled=scaled)
     paged_optimizer(checks, device)
+    fp16_loss_scaling(checks, work, recipe)
     if run_dir is not None:
         logits_mask(checks, work, recipe, run_dir)
         evaluate_batches(checks, work, recipe, run_dir)

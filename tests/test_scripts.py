@@ -260,6 +260,8 @@ def test_gpu_check_on_the_cpu_runs_every_check_but_the_cuda_ones(tmp_path: Path)
         "bf16 answers and precision",
         "training with the paged optimizer",
         "paged optimizers page tensors of >= 100,000 elements only",
+        "fp16 and loss scaling, 4-bit LoRA",
+        "fp16 and loss scaling, full fine-tuning",
         "bench_gpu, Mistral-7B shape",
     }
     ran = {n for n, s in status.items() if s == "ok"}
@@ -267,3 +269,29 @@ def test_gpu_check_on_the_cpu_runs_every_check_but_the_cuda_ones(tmp_path: Path)
             "gradient norm above zero every step", "logits mask: the same loss and gradient as full logits",
             "evaluate (generate mode): batch size 1 = batch size 16",
             "evaluate (rank mode): batch size 1 = batch size 16"} <= ran  # fmt: skip
+
+
+def test_gpu_check_skips_a_bench_size_whose_build_does_not_fit(tmp_path: Path) -> None:
+    """Building the random model takes every weight in bfloat16 on the GPU: 32 layers of the
+    Mistral-7B shape at batch 1 fit a T4's 4-bit training estimate but not the build, so they are
+    skipped with the reason; once the model folder is built, only training counts. An L4 fits both."""
+    check = load_script("gpu_check")
+    t4, l4 = 15_835_660_288, 23_580_639_232  # torch's total_memory of a 16 GB T4 and a 24 GB L4
+    why = check.memory_shortfall(tmp_path, 32, 1, t4)
+    assert why is not None and "building in bfloat16 14.5 GiB" in why and "4-bit training 9.3 GiB" in why
+    assert check.memory_shortfall(tmp_path, 8, 1, t4) is None
+    assert check.memory_shortfall(tmp_path, 32, 1, l4) is None
+    assert "4-bit training 40.6 GiB" in check.memory_shortfall(tmp_path, 32, 8, l4)
+    folder = load_script("bench_gpu").model_folder(tmp_path, 32)
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert check.memory_shortfall(tmp_path, 32, 1, t4) is None
+
+
+def test_gpu_check_compares_series_with_skipped_steps() -> None:
+    """Resume equality compares gradient norms too; a step fp16 loss scaling skipped has none (null)."""
+    difference = load_script("gpu_check").max_relative_difference
+    assert difference([1.0, None, 2.0], [1.0, None, 2.0]) == 0.0
+    assert difference([1.0, None], [1.0, 3.0]) == float("inf")
+    assert difference([1.0], [1.0, 1.0]) == float("inf")
+    assert difference([1.0, 2.0000002], [1.0, 2.0]) == pytest.approx(1e-7)
