@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -144,6 +145,36 @@ DAMAGE: dict[str, tuple[Any, str, str, str]] = {
     "wrong-shape tensors": (wrong_shapes, "trainable.safetensors", "bytes where", "torch.float32, the model's ("),
     "empty scheduler file": (lambda p: p.write_bytes(b""), "scheduler.pt", "truncated", "unreadable"),
 }
+
+
+def scaling(t: Trainables, **state: float) -> Trainables:
+    """`t` with torch's fp16 loss scaler (as accelerate makes it), in the state given."""
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.load_state_dict({**scaler.state_dict(), **state})
+    return dataclasses.replace(t, scaler=scaler)
+
+
+def test_the_fp16_loss_scale_is_checkpointed_and_restored(tmp_path: Path) -> None:
+    """A resumed fp16 run continues with the loss scale it had (a fresh 65,536 would overflow and
+    skip steps the uninterrupted run took)."""
+    t = scaling(trainables(), scale=1024.0, _growth_tracker=7)
+    state = TrainingState(data_hashes={"train": "abc"})
+    step(t, state)
+    checkpoint.save_checkpoint(RunLayout(tmp_path), state, t, OneProcess(), 2)  # type: ignore[arg-type]
+    folder = checkpoint.checkpoint_dir(tmp_path, 1)
+    assert "scaler.pt" in json.loads(CheckpointLayout(folder).complete.read_text())["files"]
+    fresh = scaling(trainables(seed=1))
+    assert fresh.scaler.state_dict()["scale"] == 65536.0
+    assert checkpoint.restore_newest(tmp_path, fresh, rank=0, world_size=1) is not None
+    assert fresh.scaler.state_dict() == t.scaler.state_dict()
+    assert fresh.scaler.state_dict()["scale"] == 1024.0 and fresh.scaler.state_dict()["_growth_tracker"] == 7
+    # Resumed on a device that does not scale (bf16): the scale is not needed and not in the way.
+    assert checkpoint.restore_newest(tmp_path, trainables(seed=1), rank=0, world_size=1) is not None
+    # A scaler file that is not a scaler's state is damage, reported by name.
+    CheckpointLayout(folder).scaler.write_bytes(b"not a tensor file")
+    reseal(folder)
+    with pytest.raises(NoGoodCheckpoint, match=r"scaler\.pt"):
+        checkpoint.restore_newest(tmp_path, scaling(trainables(seed=1)), rank=0, world_size=1)
 
 
 @pytest.mark.parametrize("resealed", [False, True], ids=["hashes", "deep checks"])

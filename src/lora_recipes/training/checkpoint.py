@@ -1,5 +1,5 @@
-"""Resumable checkpoints: trainable weights, optimizer, scheduler, RNG states and the training
-state, and the checks a checkpoint passes before a resume uses it.
+"""Resumable checkpoints: trainable weights, optimizer, scheduler, RNG states, fp16's loss scale
+(when the run scales) and the training state, and the checks a checkpoint passes before a resume uses it.
 
 A checkpoint is written into a hidden staging folder (`checkpoints/.step-NNNNNNNN.partial`); its
 last file, `complete.json`, records the size and SHA-256 of every other file, and only then is the
@@ -10,8 +10,8 @@ saves the rest (data-parallel replicas hold the same weights and optimizer state
 
 A resume (`restore_newest`) takes the newest checkpoint that passes `verify_checkpoint`: the
 marker, every file's size and hash, state.json's keys and types, the tensors against the model's
-trainable parameters, the optimizer state against the optimizer, the scheduler's step, the RNG
-files of every process. A damaged checkpoint is reported with the file and the reason, and the one
+trainable parameters, the optimizer state against the optimizer, the scheduler's step, the loss
+scaler's state, the RNG files of every process. A damaged checkpoint is reported with the file and the reason, and the one
 before it is tried.
 """
 
@@ -260,6 +260,9 @@ def save_checkpoint(
                     staging.state, lambda f: f.write(json.dumps(state.to_json(), indent=2, allow_nan=False).encode())
                 ),
             }
+            if trainables.scaler is not None:
+                scaler_state = trainables.scaler.state_dict()
+                files[staging.scaler.name] = _write_file(staging.scaler, lambda f: torch.save(scaler_state, f))
         barrier()
         if is_main:
             for r in range(accelerator.num_processes):
@@ -315,6 +318,7 @@ class CheckpointContents:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: dict[str, Any]  # this process's
+    scaler: dict[str, Any] | None = None  # fp16 loss scaling's state, when the run scaled
 
 
 def verify_checkpoint(folder: Path, trainables: Trainables, *, rank: int, world_size: int) -> CheckpointContents:
@@ -373,7 +377,13 @@ def verify_checkpoint(folder: Path, trainables: Trainables, *, rank: int, world_
             raise damaged(files.rng(r), "not the random number generators' states")
         if r == rank:
             rng = states
-    return CheckpointContents(folder, state, weights, optimizer, scheduler, rng)
+    scaler = None
+    if trainables.scaler is not None and files.scaler.name in recorded:
+        # (a checkpoint from a device that did not scale, bf16 or float32, has none: the scaling starts afresh)
+        scaler = _load_torch(files.scaler, damaged)
+        if not isinstance(scaler, dict) or set(scaler) != set(trainables.scaler.state_dict()):
+            raise damaged(files.scaler, "not the fp16 loss scaler's state")
+    return CheckpointContents(folder, state, weights, optimizer, scheduler, rng, scaler)
 
 
 def _read_complete(files: CheckpointLayout, damaged: Callable[..., CheckpointDamaged]) -> dict[str, dict[str, Any]]:
@@ -487,6 +497,11 @@ def restore(contents: CheckpointContents, trainables: Trainables) -> None:
         trainables.scheduler.load_state_dict(contents.scheduler)
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointDamaged(folder, CheckpointLayout(folder).scheduler.name, str(exc)[:200]) from exc
+    if contents.scaler is not None:
+        try:
+            trainables.scaler.load_state_dict(contents.scaler)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointDamaged(folder, CheckpointLayout(folder).scaler.name, str(exc)[:200]) from exc
     try:
         set_rng_states(contents.rng)
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:

@@ -163,6 +163,11 @@ class CheckpointLayout:
     def scheduler(self) -> Path:
         return self.folder / "scheduler.pt"
 
+    @property
+    def scaler(self) -> Path:
+        """fp16 loss scaling's state (only for runs that scale the loss)."""
+        return self.folder / "scaler.pt"
+
     def rng(self, rank: int) -> Path:
         """The random number generator states of process `rank`."""
         return self.folder / f"rng-{rank}.pt"

@@ -33,6 +33,9 @@ class Trainables:
     scheduler: LRScheduler
     max_norm: float  # gradient clipping by global norm; math.inf for none
     logits_mask: bool  # see token_loss_sum
+    # fp16's loss scaling (torch's GradScaler, accelerate's `scaler`); None in bf16 and float32. Its
+    # scale is part of the training state: a resume that started it afresh would skip other steps.
+    scaler: Any = None
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -61,11 +64,16 @@ class StepResult:
 def train_step(accelerator: Accelerator, trainables: Trainables, data: TrainingData, step: int) -> StepResult:
     """Optimizer step `step` (0-based): this process's share of the step's micro-batches forward
     and backward, gradients averaged over processes, clipped, then the optimizer and schedule step."""
+    import torch
+
     model, world = trainables.model, accelerator.num_processes
     step_batches = data.schedule.step(step)  # every process's micro-batches
     window = max(sum(batching.label_tokens(b, data.split) for r in step_batches for b in r), 1)
     mine = step_batches[accelerator.process_index]
-    loss_sum = 0.0
+    # The step's loss stays on the device until the step ends: one `.item()` (one wait for the GPU)
+    # per step, not per micro-batch. float64, added in the same order: the same number as adding
+    # each micro-batch's float32 sum as a Python float.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     for i, batch in enumerate(mine):
         inputs = batching.collate(data.split, batch, data.pad_token_id, accelerator.device)
         # Gradients are averaged over processes only after the step's last micro-batch.
@@ -75,7 +83,7 @@ def train_step(accelerator: Accelerator, trainables: Trainables, data: TrainingD
             # Mean over the answer tokens of the whole step on all processes;
             # x world undoes the average that data parallelism takes.
             accelerator.backward(summed * world / window)
-        loss_sum += summed.item()
+        loss_sum += summed.detach().to(torch.float64)
     grad_norm = accelerator.clip_grad_norm_(trainables.params, trainables.max_norm)
     learning_rate = float(trainables.scheduler.get_last_lr()[0])
     trainables.optimizer.step()
@@ -83,7 +91,7 @@ def train_step(accelerator: Accelerator, trainables: Trainables, data: TrainingD
     trainables.optimizer.zero_grad(set_to_none=True)
     lengths = data.schedule.lengths
     return StepResult(
-        loss=sum_over_processes(accelerator, loss_sum) / window,
+        loss=sum_over_processes(accelerator, loss_sum.item()) / window,
         grad_norm=float(grad_norm),
         learning_rate=learning_rate,
         tokens_real=sum(batching.real_tokens(b, lengths) for r in step_batches for b in r),

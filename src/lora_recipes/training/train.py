@@ -691,6 +691,7 @@ def _set_up_optimizer(session: Session, model: LoadedModel, t: Trainer, total: i
         scheduler=scheduler,
         max_norm=max_norm if max_norm is not None else math.inf,
         logits_mask=model.logits_mask,
+        scaler=session.accelerator.scaler,
     )
 
 
