@@ -3,6 +3,7 @@ names and prices, re-pricing a plan on another GPU."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from lora_recipes.model.architectures import KNOWN, find_architecture, from_config, lora_trainable_params
 from lora_recipes.planning.cost import device_price
 from lora_recipes.planning.estimate import (
+    FITS_SHARE,
     GPUS,
     MFU_BY_BITS,
     Estimate,
@@ -99,6 +101,20 @@ def test_estimate_arithmetic() -> None:
     # 16-bit Mistral-7B weights alone (14.5 GB) plus activations do not fit a T4.
     t4 = estimate(arch, workload(bits=None, gradient_checkpointing=False, train_tokens=10**7), "T4", None)
     assert not t4.fits_in_memory
+
+
+def test_an_estimate_fits_only_with_room_for_the_allocator_and_the_cuda_context() -> None:
+    """A peak just under a T4's nominal 16 GB does not fit: torch sees 14.7 GiB of it."""
+    arch, card = KNOWN["mistral-7b"], GPUS["T4"].memory_gib * 2**30
+    peaks = {}
+    for tokens in range(512, 64 * 1024, 256):
+        load = dataclasses.replace(
+            workload(bits=4, gradient_checkpointing=False, train_tokens=10**7), tokens_per_batch=tokens
+        )
+        est = estimate(arch, load, "T4", None)
+        peaks[est.peak_memory_bytes / card] = est.fits_in_memory
+    assert any(0.9 < share <= 1.0 for share in peaks)  # the search reaches the margin
+    assert all(fits == (share <= FITS_SHARE) for share, fits in peaks.items())
 
 
 @pytest.mark.parametrize(

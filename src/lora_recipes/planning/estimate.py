@@ -27,7 +27,8 @@ of constants without); LoRA parameters cost 16 bytes each (fp32 weight, gradient
 moments); activations about 34 bytes x tokens x hidden size per layer (Korthikanti et al. 2022,
 without the attention matrix that SDPA does not store), or 2 bytes x tokens x hidden per layer
 (each layer's saved input) plus one layer's worth with gradient checkpointing; logits and their
-gradient in fp32; plus 0.5 GiB of CUDA context. With 4-bit or 8-bit weights,
+gradient in fp32; plus 0.5 GiB of CUDA context. A run fits when that peak is at most FITS_SHARE
+(90%) of the GPU's memory as sold. With 4-bit or 8-bit weights,
 `prepare_model_for_kbit_training` (peft) upcasts every weight that is not quantized to fp32:
 
     embeddings, LM head, norms   4 bytes per parameter, not 2 (+0.5 GiB on Mistral-7B, +2 GiB on
@@ -67,7 +68,7 @@ GIB = 1024**3
 @dataclass(frozen=True)
 class Gpu:
     name: str
-    memory_gib: float
+    memory_gib: float  # as sold ("24 GB"); see FITS_SHARE for what a run can use of it
     peak_tflops: float  # dense bf16 tensor-core FLOP/s (fp16 on T4, which has no bf16)
     price_per_hour_usd: float  # on-demand, one GPU, AWS us-east-1 list prices where AWS offers it
     memory_bandwidth_gbs: float = 0.0  # GB/s of its memory; 0: unknown (no de-quantization term)
@@ -88,6 +89,13 @@ GPUS: dict[str, Gpu] = {
         Gpu("H200", 141, 989, 7.91, 4800),  # p5en.48xlarge / 8
     )
 }
+
+# The share of a GPU's memory as sold that the estimated peak may take. torch can allocate less than
+# the nominal figure (decimal gigabytes, the driver's and ECC's reserve: a "16 GB" T4 reports 14.7
+# GiB), and what runs out is the allocator's reserved memory, above what tensors hold (the
+# estimate's terms, CUDA context included); the cost report records both peaks, so a GPU run can
+# check this margin.
+FITS_SHARE = 0.9
 
 # Model FLOPs utilisation of the matrix multiplies (4-bit de-quantization is counted apart).
 MFU_BY_BITS = {4: 0.24, 8: 0.15, None: 0.35}
@@ -230,7 +238,7 @@ class Estimate:
 
     @property
     def fits_in_memory(self) -> bool:
-        return self.peak_memory_bytes <= gpu_spec(self.gpu).memory_gib * GIB
+        return self.peak_memory_bytes <= FITS_SHARE * gpu_spec(self.gpu).memory_gib * GIB
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -23,7 +23,7 @@ from lora_recipes.model.architectures import (
     unknown_target_modules,
 )
 from lora_recipes.model.source import recipe_model_source
-from lora_recipes.planning.estimate import Estimate, Method, UnknownEstimate, Workload, estimate
+from lora_recipes.planning.estimate import FITS_SHARE, Estimate, Method, UnknownEstimate, Workload, estimate, gpu_spec
 from lora_recipes.planning.sections import (
     BaseModel,
     DataSection,
@@ -327,8 +327,9 @@ def memory_warnings(est: Estimate | UnknownEstimate) -> list[str]:
     if isinstance(est, UnknownEstimate) or est.fits_in_memory:
         return []
     return [
-        f"the estimated peak memory ({est.peak_memory_bytes / 2**30:.1f} GiB) exceeds the {est.gpu}'s;"
-        " lower trainer.batch_size or the max length, or enable trainer.enable_gradient_checkpointing"
+        f"the estimated peak memory ({est.peak_memory_bytes / 2**30:.1f} GiB) exceeds what the {est.gpu}'s "
+        f"{gpu_spec(est.gpu).memory_gib:g} GB leave for training ({FITS_SHARE:.0%}); lower trainer.batch_size or the "
+        "max length, or enable trainer.enable_gradient_checkpointing"
     ]
 
 
