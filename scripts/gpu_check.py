@@ -403,7 +403,7 @@ def paged_optimizer(checks: Checks, device: str) -> None:
         import bitsandbytes as bnb
         import torch
 
-        from lora_recipes.model.loading import PAGED_MIN_ELEMENTS, build_optimizer
+        from lora_recipes.model.loading import PAGED_MIN_ELEMENTS, build_optimizer, load_optimizer_state
 
         found = []
         for kind in ("paged_adamw_8bit", "paged_adamw_32bit"):
@@ -416,12 +416,18 @@ def paged_optimizer(checks: Checks, device: str) -> None:
             is_paged = [bool(getattr(optimizer.state[p]["state1"], "is_paged", False)) for p in (big, small)]
             if is_paged != [True, False]:
                 raise CheckFailed(f"{kind}: paged (200,000 elements, 32,768 elements) = {is_paged}")
-            optimizer.load_state_dict(optimizer.state_dict())  # what a resume does
+            load_optimizer_state(optimizer, optimizer.state_dict())  # what a resume does
             optimizer.step()
+            again = [bool(getattr(optimizer.state[p]["state1"], "is_paged", False)) for p in (big, small)]
+            if again != [True, False]:
+                raise CheckFailed(f"{kind} after a resume: paged (200,000 elements, 32,768 elements) = {again}")
             found.append(kind)
             del optimizer
         bnb_version = bnb.__version__
-        return f"{' and '.join(found)} (bitsandbytes {bnb_version}): 200,000 elements paged, 32,768 not"
+        return (
+            f"{' and '.join(found)} (bitsandbytes {bnb_version}): 200,000 elements paged, 32,768 not, "
+            "and the same after a resume"
+        )
 
     checks.run(name, paged)
 

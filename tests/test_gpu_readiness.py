@@ -321,6 +321,45 @@ def test_nothing_of_an_r8_q_v_adapter_is_paged() -> None:
     assert models.paged_state_share([*lora, big]) == pytest.approx(big.numel() / (small + big.numel()))
 
 
+@pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU:UserWarning")
+def test_a_resumed_paged_optimizer_gets_its_state_back_through_get_state_buffer() -> None:
+    """bitsandbytes' load_state_dict makes every state tensor an ordinary one; load_optimizer_state
+    puts each back through get_state_buffer (paged on CUDA, where gpu_check shows it; an ordinary
+    buffer here) without changing a value: the next step is the uninterrupted run's."""
+    bnb = pytest.importorskip("bitsandbytes")
+
+    def make() -> tuple[torch.nn.Parameter, Any]:
+        torch.manual_seed(0)
+        param = torch.nn.Parameter(torch.randn(2 * models.PAGED_MIN_ELEMENTS))
+        return param, bnb.optim.PagedAdamW32bit([param], lr=1e-2)
+
+    param, optimizer = make()
+    for _ in range(2):
+        param.grad = torch.randn_like(param)
+        optimizer.step()
+    resumed, fresh = make()
+    resumed.data.copy_(param.data)
+    handed_out: list[torch.Tensor] = []
+    original = fresh.get_state_buffer
+
+    def get_state_buffer(p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        handed_out.append(original(p, dtype))
+        return handed_out[-1]
+
+    fresh.get_state_buffer = get_state_buffer  # the buffers bitsandbytes hands out, recorded
+    models.load_optimizer_state(fresh, optimizer.state_dict())
+    assert [id(b) for b in handed_out] == [id(fresh.state[resumed][k]) for k in ("state1", "state2")]
+    assert all(torch.equal(fresh.state[resumed][k], optimizer.state[param][k]) for k in ("state1", "state2"))
+    gradient = torch.randn_like(param)
+    param.grad, resumed.grad = gradient.clone(), gradient.clone()
+    optimizer.step()
+    fresh.step()
+    assert torch.equal(param, resumed)
+    # A torch optimizer is loaded as it always was.
+    plain = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))])
+    models.load_optimizer_state(plain, plain.state_dict())
+
+
 # -- GPU names ---------------------------------------------------------------------------------------
 
 

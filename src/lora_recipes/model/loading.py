@@ -528,6 +528,26 @@ def build_optimizer(
     raise UserError(f"trainer.optimizer.type: unknown optimizer {type!r}")
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """`optimizer.load_state_dict(state)`, keeping a bitsandbytes paged optimizer paged: its
+    load_state_dict puts every state tensor on its parameter's device as an ordinary tensor, so a
+    resumed run would hold in GPU memory what the uninterrupted run paged out to the CPU. Each
+    state buffer that `get_state_buffer` would page is copied into a new paged one."""
+    optimizer.load_state_dict(state)
+    inner: Any = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+    if not getattr(inner, "is_paged", False):
+        return
+    for group in inner.param_groups:
+        for p in group["params"]:
+            entry = inner.state.get(p, {})
+            for key in ("state1", "state2"):
+                value = entry.get(key)
+                if isinstance(value, torch.Tensor) and not getattr(value, "is_paged", False):
+                    buffer = inner.get_state_buffer(p, dtype=value.dtype)  # paged where bitsandbytes pages
+                    buffer.copy_(value.reshape(buffer.shape))
+                    entry[key] = buffer
+
+
 def paged_state_share(params: list[torch.nn.Parameter]) -> float:
     """The share of the trainable elements a bitsandbytes paged optimizer would page (those in
     tensors of at least PAGED_MIN_ELEMENTS elements); 0.0 means paging changes nothing."""

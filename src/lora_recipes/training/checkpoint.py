@@ -34,6 +34,7 @@ import torch
 
 from lora_recipes.atomic import widen_to_umask
 from lora_recipes.errors import RuntimeFailure, UserError
+from lora_recipes.model import loading as models
 from lora_recipes.training.run_dir import CheckpointLayout, RunLayout, describe_os_error
 
 if TYPE_CHECKING:
@@ -490,7 +491,7 @@ def restore(contents: CheckpointContents, trainables: Trainables) -> None:
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointDamaged(folder, CheckpointLayout(folder).weights.name, str(exc)[:200]) from exc
     try:
-        trainables.optimizer.load_state_dict(contents.optimizer)
+        models.load_optimizer_state(trainables.optimizer, contents.optimizer)
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointDamaged(folder, CheckpointLayout(folder).optimizer.name, str(exc)[:200]) from exc
     try:
