@@ -18,7 +18,8 @@ What it checks, in this order (each a row of the table; `skipped` where the devi
    of both (below compute capability 8.0, where the runs take fp16 with loss scaling, a step the
    GradScaler skips has no norm and is counted, not failed);
 3. bitsandbytes' paged optimizers page a 200,000-element tensor's state and not a 32,768-element one
-   (the threshold trainer.optimizer.type's description gives); CUDA only;
+   (the threshold trainer.optimizer.type's description gives), before and after a resume reloads
+   the state; CUDA only;
 4. fp16 with loss scaling (a GradScaler), the path `auto` takes on T4 and V100, on any CUDA GPU: the
    tiny 4-bit model with `model_parameters.dtype` and `quantization.bnb_4bit_compute_dtype` float16
    trained 6 steps straight, and stopped at step 3 and resumed (every loss finite, every recorded
