@@ -463,68 +463,112 @@ def evaluate(
     output_dir.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc)
 
-    loaded_model: list[tuple[Any, Any]] = []
+    models = _LocalModels(loaded, model_loader)
+    summaries: dict[str, dict[str, Any]] = {}
+    scores: dict[str, dict[str, float | None]] = {}
+    for system in systems:
+        value, summaries[system.name] = _score_system(system, loaded, subset, metric, output_dir, models, progress)
+        scores[system.name] = {name: value}
 
-    def model_for(system: System) -> tuple[Any, Any]:
+    result = _eval_document(loaded, subset, name, scores, summaries, started)
+    write_json_atomic(output_dir / EVAL_FILE, result)
+    write_text_atomic(output_dir / TABLE_FILE, render_table(result))
+    for system in systems:  # the scores go into the scored adapter's model card
+        if system.adapter_dir is not None:
+            model_card.add_evaluation(system.adapter_dir, result, recipe, system=system.name)
+    return result
+
+
+class _LocalModels:
+    """The base model, loaded once on first use, with the adapter of the system asked for."""
+
+    def __init__(self, loaded: LoadedRecipe, loader: Callable[[LoadedRecipe], tuple[Any, Any]]) -> None:
+        self.loaded, self.loader = loaded, loader
+        self.model: tuple[Any, Any] | None = None
+
+    def __call__(self, system: System) -> tuple[Any, Any]:
         from lora_recipes.model import loading as models
 
-        if not loaded_model:
-            loaded_model.append(model_loader(loaded))
-        model, tokenizer = loaded_model[0]
+        if self.model is None:
+            self.model = self.loader(self.loaded)
+        model, tokenizer = self.model
         if system.adapter_dir is not None:
             try:
                 model = models.load_adapter(model, system.adapter_dir)
             except (RuntimeError, ValueError, KeyError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise UserError(
-                    f"--adapter {system.adapter_dir}: it does not fit the base model {recipe.base_model} ({first}); "
-                    "evaluate with the recipe it was trained from (a run directory keeps it as recipe.resolved.yaml)"
+                    f"--adapter {system.adapter_dir}: it does not fit the base model {self.loaded.recipe.base_model} "
+                    f"({first}); evaluate with the recipe it was trained from (a run directory keeps it as "
+                    "recipe.resolved.yaml)"
                 ) from None
-            loaded_model[0] = (model, tokenizer)
+            self.model = (model, tokenizer)
         return model, tokenizer
 
-    summaries: dict[str, dict[str, Any]] = {}
-    scores: dict[str, dict[str, float | None]] = {}
-    for system in systems:
-        fp = fingerprint(system, recipe)
-        keys = [_hash([fp, ex.row, ex.prompt]) for ex in subset.examples]
-        journal = Journal(output_dir / ANSWERS_DIR / f"{system.slug}.jsonl")
-        run = _run_system(system, recipe, subset.examples, journal, keys, model_for, progress)
-        value, rows, unparseable = score_system(metric, subset.examples, journal, keys, run.errors)
-        predictions = f"predictions-{system.slug}.jsonl"
-        write_text_atomic(output_dir / predictions, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        answered = len(rows) - len(run.errors)
-        scores[system.name] = {name: value if answered else None}  # nothing answered: no score, not 0
-        summaries[system.name] = {
-            "kind": system.kind,
-            "description": system.description,
-            "mode": mode_of(system, recipe),
-            "n": len(rows),
-            "answered": answered,
-            "resumed": answered - run.fresh,
-            "failures": len(run.errors),
-            "unparseable": unparseable,
-            "retries": run.retries,
-            "errors": dict(Counter(_error_kind(e) for e in run.errors.values())),
-            "first_error": run.errors[min(run.errors)] if run.errors else None,
-            "seconds": round(run.seconds, 3),
-            "load_seconds": round(run.load_seconds, 3),
-            "examples_per_second": round(run.fresh / run.seconds, 3) if run.fresh and run.seconds else None,
-            "predictions": predictions,
-        }
-        if system.endpoint is not None:
-            summaries[system.name] |= {
-                "endpoint": system.endpoint.public_url,
-                "model": system.endpoint.model,
-                "protocol": system.endpoint.protocol,
-                "api_key_env": system.api_key_env,
-            }
 
+def _score_system(
+    system: System,
+    loaded: LoadedRecipe,
+    subset: EvaluationSet,
+    metric: Metric,
+    output_dir: Path,
+    models: _LocalModels,
+    progress: OnAnswered | None,
+) -> tuple[float | None, dict[str, Any]]:
+    """One system's answers (continuing its journal), its score (None when nothing was answered,
+    not 0), its predictions file and its summary for eval.json."""
+    recipe = loaded.recipe
+    fp = fingerprint(system, recipe)
+    keys = [_hash([fp, ex.row, ex.prompt]) for ex in subset.examples]
+    journal = Journal(output_dir / ANSWERS_DIR / f"{system.slug}.jsonl")
+    run = _run_system(system, recipe, subset.examples, journal, keys, models, progress)
+    value, rows, unparseable = score_system(metric, subset.examples, journal, keys, run.errors)
+    predictions = f"predictions-{system.slug}.jsonl"
+    write_text_atomic(output_dir / predictions, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    answered = len(rows) - len(run.errors)
+    summary = {
+        "kind": system.kind,
+        "description": system.description,
+        "mode": mode_of(system, recipe),
+        "n": len(rows),
+        "answered": answered,
+        "resumed": answered - run.fresh,
+        "failures": len(run.errors),
+        "unparseable": unparseable,
+        "retries": run.retries,
+        "errors": dict(Counter(_error_kind(e) for e in run.errors.values())),
+        "first_error": run.errors[min(run.errors)] if run.errors else None,
+        "seconds": round(run.seconds, 3),
+        "load_seconds": round(run.load_seconds, 3),
+        "examples_per_second": round(run.fresh / run.seconds, 3) if run.fresh and run.seconds else None,
+        "predictions": predictions,
+    }
+    if system.endpoint is not None:
+        summary |= {
+            "endpoint": system.endpoint.public_url,
+            "model": system.endpoint.model,
+            "protocol": system.endpoint.protocol,
+            "api_key_env": system.api_key_env,
+        }
+    return (value if answered else None), summary
+
+
+def _eval_document(
+    loaded: LoadedRecipe,
+    subset: EvaluationSet,
+    metric: str,
+    scores: dict[str, dict[str, float | None]],
+    summaries: dict[str, dict[str, Any]],
+    started: dt.datetime,
+) -> dict[str, Any]:
+    """eval.json's content: the scores and summaries with the data, the settings and LoRA Land's
+    reference rows for the recipe's task."""
+    recipe = loaded.recipe
     ref = reference_scores(recipe.evaluation.reference_task)
-    result: dict[str, Any] = {
+    return {
         "name": loaded.name,
         "recipe": str(loaded.path),
-        "metric": name,
+        "metric": metric,
         "mode": recipe.evaluation.mode,
         "n": len(subset.examples),
         "scores": scores,
@@ -533,24 +577,18 @@ def evaluate(
         "systems": summaries,
         "data": {"split": subset.split, "subset_hash": subset.hash, "rows": len(subset.examples)},
         "generation": loaded.resolved["generation"],
-        "reference": None,
+        "reference": None
+        if ref is None
+        else {
+            "task": ref.task,
+            "metric": ref.metric,
+            "comparable": ref.comparable_with(metric),
+            "rows": [[label, value] for label, value in ref.rows()],
+        },
         "started": started.isoformat(timespec="seconds"),
         "seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 3),
         "lora_recipes_version": __version__,
     }
-    if ref is not None:
-        result["reference"] = {
-            "task": ref.task,
-            "metric": ref.metric,
-            "comparable": ref.comparable_with(name),
-            "rows": [[label, value] for label, value in ref.rows()],
-        }
-    write_json_atomic(output_dir / EVAL_FILE, result)
-    write_text_atomic(output_dir / TABLE_FILE, render_table(result))
-    for system in systems:  # the scores go into the scored adapter's model card
-        if system.adapter_dir is not None:
-            model_card.add_evaluation(system.adapter_dir, result, recipe, system=system.name)
-    return result
 
 
 def failed_systems(result: dict[str, Any]) -> list[str]:
