@@ -1,5 +1,6 @@
 """Resumable checkpoints: trainable weights, optimizer, scheduler, RNG states, fp16's loss scale
-(when the run scales) and the training state, and the checks a checkpoint passes before a resume uses it.
+(when the run scales) and the training state, and the checks a checkpoint passes before a resume
+uses it.
 
 A checkpoint is written into a hidden staging folder (`checkpoints/.step-NNNNNNNN.partial`); its
 last file, `complete.json`, records the size and SHA-256 of every other file, and only then is the
@@ -8,11 +9,11 @@ previous checkpoint as the newest, and a folder whose files changed afterwards (
 full disk, a stray edit) is found out. Every process saves its own RNG states; the main process
 saves the rest (data-parallel replicas hold the same weights and optimizer state).
 
-A resume (`restore_newest`) takes the newest checkpoint that passes `verify_checkpoint`: the
-marker, every file's size and hash, state.json's keys and types, the tensors against the model's
-trainable parameters, the optimizer state against the optimizer, the scheduler's step, the loss
-scaler's state, the RNG files of every process. A damaged checkpoint is reported with the file and the reason, and the one
-before it is tried.
+A resume (`restore_newest`) takes the newest checkpoint that passes `verify_checkpoint`: the marker,
+every file's size and hash, state.json's keys and types, the tensors against the model's trainable
+parameters, the optimizer state against the optimizer, the scheduler's step, the loss scaler's
+state, the RNG files of every process. A damaged checkpoint is reported with the file and the
+reason, and the one before it is tried.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class MetricsLog:
         report_to: tuple[str, ...],
         run_config: dict[str, Any],
         say: Callable[[str], None],
-        tracking: Tracking | None = None,
+        tracking: Tracking,
         name: str = "",
         resumed: bool = False,
         from_step: int = 0,
@@ -73,19 +73,16 @@ class MetricsLog:
         self.enabled = enabled
         self.lines = lines
         self.trackers = Trackers([], say)
-        self.upload_artifacts = tracking.artifacts if tracking is not None else True
+        self.upload_artifacts = tracking.artifacts
         if not enabled:
             return
         truncate_metrics(layout.metrics, lines)
         self.file = layout.metrics.open("a", encoding="utf-8")
         if report_to:
-            from lora_recipes.recipe.types import Tracking
-
-            settings = tracking or Tracking(project="lora-recipes", run_name=None, uri=None, artifacts=True)
             self.trackers = Trackers.open(
                 layout,
                 report_to=report_to,
-                settings=settings,
+                settings=tracking,
                 config=run_config,
                 name=name or layout.root.name,
                 resumed=resumed,
